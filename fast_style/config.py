@@ -1,0 +1,192 @@
+"""Typed schemas for the Hydra config groups, and validation with one-line errors.
+
+Hydra's struct mode already rejects unknown keys given on the command line. These schemas also
+catch typos inside YAML files (a style file's ``contnt_weight``) and wrong types, before any
+work starts, with a message that names the key and suggests the closest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from fast_style.loss.perceptual import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, reported as one line naming the key."""
+
+
+@dataclass
+class StyleConfig:
+    """A painting and the loss weights tuned for it."""
+
+    name: str = "starry_night"
+    image: str = "assets/styles/starry_night.jpg"
+    size: int = 512  # long side (px) of the style image when its Gram targets are computed
+    content_weight: float = 1.0
+    style_weight: float = 10.0
+    tv_weight: float = 10.0
+    content_layers: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_CONTENT_LAYERS))
+    style_layers: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_STYLE_LAYERS))
+
+
+@dataclass
+class ModelConfig:
+    name: str = "johnson"
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    num_residual: int = 5
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/coco/train2014"
+    val_root: str | None = None  # None: hold out ``num_val`` images of ``root``
+    image_size: int = 256
+    batch_size: int = 4
+    num_workers: int = 4
+    pin_memory: bool = True
+    num_val: int = 16
+    val_size: int = 256
+
+
+@dataclass
+class LossConfig:
+    network: str = "vgg16"
+    weights: str | None = None  # state_dict file; None: $FAST_STYLE_VGG_WEIGHTS or torchvision
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    scheduler: str = "constant"  # constant | cosine
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1  # cosine floor, as a fraction of lr
+
+
+@dataclass
+class RunConfig:
+    """Training-loop extras that are not ``pl.Trainer`` arguments."""
+
+    image_every_n_steps: int = 500
+    checkpoint_every_n_steps: int = 1000
+    num_grid_images: int = 4
+    export_dtype: str = "float32"  # float32 | float16 | bfloat16
+
+
+@dataclass
+class TrainSettings:
+    style: StyleConfig
+    model: ModelConfig
+    data: DataConfig
+    loss: LossConfig
+    optim: OptimConfig
+    train: RunConfig
+    trainer: dict[str, Any]
+    seed: int | None
+    ckpt_path: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-serialisable form (stored in checkpoints and exported models)."""
+        return OmegaConf.to_container(OmegaConf.structured(self), resolve=True)  # type: ignore[return-value]
+
+
+_SECTIONS = {
+    "style": StyleConfig,
+    "model": ModelConfig,
+    "data": DataConfig,
+    "loss": LossConfig,
+    "optim": OptimConfig,
+    "train": RunConfig,
+}
+_TOP_LEVEL = {*_SECTIONS, "trainer", "seed", "ckpt_path"}
+
+
+def _suggest(key: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(key, options, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (valid: {', '.join(sorted(options))})"
+
+
+def _section(schema: type, cfg: Any, prefix: str):
+    if not isinstance(cfg, DictConfig | dict):
+        raise ConfigError(f"config error: {prefix} must be a mapping, got {cfg!r}")
+    names = [f.name for f in fields(schema)]
+    for key in cfg:
+        if key not in names:
+            raise ConfigError(f"config error: unknown key '{prefix}.{key}'{_suggest(str(key), names)}")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"config error: {prefix}.{key}: {msg}") from None
+
+
+def trainer_kwargs_names() -> list[str]:
+    import pytorch_lightning as pl
+
+    return [p for p in inspect.signature(pl.Trainer.__init__).parameters if p != "self"]
+
+
+def validate(cfg: DictConfig) -> TrainSettings:
+    """Check every key and type of a composed training config; return typed settings."""
+    for key in cfg:
+        if key not in _TOP_LEVEL:
+            raise ConfigError(f"config error: unknown key '{key}'{_suggest(str(key), sorted(_TOP_LEVEL))}")
+    parts = {name: _section(schema, cfg.get(name, {}), name) for name, schema in _SECTIONS.items()}
+    trainer = OmegaConf.to_container(cfg.get("trainer", {}), resolve=True)
+    allowed = trainer_kwargs_names()
+    for key in trainer:
+        if key not in allowed:
+            raise ConfigError(
+                f"config error: unknown key 'trainer.{key}' (not a pl.Trainer argument)"
+                f"{_suggest(key, allowed)}"
+            )
+    settings = TrainSettings(
+        **parts, trainer=trainer, seed=cfg.get("seed"), ckpt_path=cfg.get("ckpt_path")
+    )
+    _check_values(settings)
+    return settings
+
+
+def _check_values(s: TrainSettings) -> None:
+    from fast_style.loss.vgg import layer_names
+
+    taps = layer_names(s.loss.network)
+    for group in ("content_layers", "style_layers"):
+        for tap in getattr(s.style, group):
+            if tap not in taps:
+                raise ConfigError(
+                    f"config error: style.{group}.{tap}: not a {s.loss.network} layer{_suggest(tap, taps)}"
+                )
+    if len(s.model.channels) != 3:
+        raise ConfigError(f"config error: model.channels needs 3 widths, got {s.model.channels}")
+    if s.optim.scheduler not in ("constant", "cosine"):
+        raise ConfigError(f"config error: optim.scheduler must be constant or cosine, not {s.optim.scheduler!r}")
+    if s.train.export_dtype not in ("float32", "float16", "bfloat16"):
+        raise ConfigError("config error: train.export_dtype must be float32, float16 or bfloat16")
+    for key in ("image_size", "batch_size", "val_size"):
+        if getattr(s.data, key) < 1:
+            raise ConfigError(f"config error: data.{key} must be positive")
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def resolve_path(path: str | Path) -> Path:
+    """A path as given if it exists (absolute or relative to the cwd), else relative to the
+    project root (so ``assets/styles/x.jpg`` works from any directory), else unchanged."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    alt = PROJECT_ROOT / p
+    return alt if alt.exists() else p

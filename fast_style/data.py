@@ -1,0 +1,160 @@
+"""Content images for training: any folder of photos (COCO ``train2014/`` is the usual one)."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+from fast_style.config import DataConfig, resolve_path
+from fast_style.imaging import ImageReadError, list_images, load_rgb, pil_to_tensor
+
+log = logging.getLogger(__name__)
+
+
+class UnreadableImagesWarning(UserWarning):
+    """Some files in the data folder could not be read and were skipped."""
+
+
+def _readable(path: Path) -> str | None:
+    """None if ``path`` opens as an image (header only, fast), else the reason."""
+    try:
+        with Image.open(path) as im:
+            im.size  # noqa: B018 - forces the header parse
+        return None
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+
+
+def scan_images(files: Sequence[Path], root: str | Path) -> list[Path]:
+    """Keep the files whose header parses; warn once with the count of those skipped."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        reasons = list(pool.map(_readable, files))
+    good = [f for f, r in zip(files, reasons, strict=True) if r is None]
+    bad = [(f, r) for f, r in zip(files, reasons, strict=True) if r is not None]
+    if bad:
+        warnings.warn(
+            f"skipped {len(bad)} of {len(files)} files in {root} that are not readable images "
+            f"(first: {bad[0][0].name}: {bad[0][1]})",
+            UnreadableImagesWarning,
+            stacklevel=2,
+        )
+    return good
+
+
+class ImageFolderDataset(Dataset):
+    """Images as (3, S, S) tensors in [0, 1].
+
+    Training: resize the short side to S, random S×S crop, random horizontal flip.
+    Validation (``train=False``): resize + centre crop, deterministic.
+    A file that fails to decode mid-epoch (truncated JPEG, say) is replaced by the next one and
+    counted; the first such failure warns.
+    """
+
+    def __init__(self, files: Sequence[Path], image_size: int, train: bool = True):
+        if not files:
+            raise ValueError("no images to train on")
+        self.files = list(files)
+        crop = transforms.RandomCrop(image_size) if train else transforms.CenterCrop(image_size)
+        steps = [transforms.Resize(image_size, antialias=True), crop]
+        if train:
+            steps.append(transforms.RandomHorizontalFlip())
+        self.transform = transforms.Compose(steps)
+        self.failures = 0
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        for attempt in range(len(self.files)):
+            path = self.files[(index + attempt) % len(self.files)]
+            try:
+                return pil_to_tensor(self.transform(load_rgb(path)))
+            except ImageReadError as e:
+                self.failures += 1
+                if self.failures == 1:
+                    warnings.warn(f"{e}; using another image instead", UnreadableImagesWarning, stacklevel=2)
+        raise RuntimeError("no image in the dataset could be decoded")
+
+
+def split_validation(files: list[Path], num_val: int) -> tuple[list[Path], list[Path]]:
+    """Hold out ``num_val`` files spread evenly over the sorted list: (train, val)."""
+    if num_val <= 0:
+        return files, []
+    if num_val >= len(files):
+        raise ValueError(f"cannot hold out {num_val} validation images from {len(files)}")
+    step = len(files) / num_val
+    picked = {int(i * step) for i in range(num_val)}
+    return [f for i, f in enumerate(files) if i not in picked], [files[i] for i in sorted(picked)]
+
+
+class StyleDataModule(pl.LightningDataModule):
+    """Train/val loaders over ``cfg.root`` (recursive) and a fixed validation set."""
+
+    def __init__(self, cfg: DataConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.train_set: ImageFolderDataset | None = None
+        self.val_set: ImageFolderDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        c = self.cfg
+        root = resolve_path(c.root)
+        try:
+            files = scan_images(list_images(root), root)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"data.root: image folder not found: {root} (set data.root=PATH to a folder of "
+                "photos, e.g. COCO train2014 from scripts/download_coco.py)"
+            ) from None
+        if c.val_root:
+            val_root = resolve_path(c.val_root)
+            val_files = scan_images(list_images(val_root), val_root)[: c.num_val]
+        else:
+            files, val_files = split_validation(files, c.num_val)
+        if not files:
+            raise ValueError(f"data.root: no readable images under {root}")
+        log.info("training on %d images from %s, %d validation images", len(files), root, len(val_files))
+        self.train_set = ImageFolderDataset(files, c.image_size, train=True)
+        self.val_set = ImageFolderDataset(val_files, c.val_size, train=False) if val_files else None
+
+    def train_dataloader(self) -> DataLoader:
+        c = self.cfg
+        return DataLoader(
+            self.train_set,
+            batch_size=c.batch_size,
+            shuffle=True,
+            drop_last=len(self.train_set) >= c.batch_size,
+            num_workers=c.num_workers,
+            pin_memory=c.pin_memory and torch.cuda.is_available(),
+            persistent_workers=c.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_set is None:
+            return []
+        c = self.cfg
+        return DataLoader(
+            self.val_set,
+            batch_size=c.batch_size,
+            shuffle=False,
+            num_workers=min(c.num_workers, 2),
+            pin_memory=c.pin_memory and torch.cuda.is_available(),
+        )
+
+    def grid_images(self, n: int) -> torch.Tensor:
+        """The first ``n`` validation images (n, 3, S, S): fixed across the run for image grids."""
+        self.setup()
+        if self.val_set is None or n <= 0:
+            return torch.empty(0, 3, self.cfg.val_size, self.cfg.val_size)
+        return torch.stack([self.val_set[i] for i in range(min(n, len(self.val_set)))])

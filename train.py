@@ -1,0 +1,6 @@
+"""Thin entry point: ``python train.py style=starry_night`` (see fast_style/train.py)."""
+
+from fast_style.train import main
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,4 @@
-"""Thin entry point: ``python stylize.py --model MODEL --input IN --output OUT`` (see fast_style/stylize.py)."""
+"""Thin entry point: ``python stylize.py --model M --input IN --output OUT``."""
 
 from fast_style.stylize import main
 

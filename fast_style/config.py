@@ -121,7 +121,9 @@ def _section(schema: type, cfg: Any, prefix: str):
     names = [f.name for f in fields(schema)]
     for key in cfg:
         if key not in names:
-            raise ConfigError(f"config error: unknown key '{prefix}.{key}'{_suggest(str(key), names)}")
+            raise ConfigError(
+                f"config error: unknown key '{prefix}.{key}'{_suggest(str(key), names)}"
+            )
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
         return OmegaConf.to_object(merged)
@@ -141,7 +143,9 @@ def validate(cfg: DictConfig) -> TrainSettings:
     """Check every key and type of a composed training config; return typed settings."""
     for key in cfg:
         if key not in _TOP_LEVEL:
-            raise ConfigError(f"config error: unknown key '{key}'{_suggest(str(key), sorted(_TOP_LEVEL))}")
+            raise ConfigError(
+                f"config error: unknown key '{key}'{_suggest(str(key), sorted(_TOP_LEVEL))}"
+            )
     parts = {name: _section(schema, cfg.get(name, {}), name) for name, schema in _SECTIONS.items()}
     trainer = OmegaConf.to_container(cfg.get("trainer", {}), resolve=True)
     allowed = trainer_kwargs_names()
@@ -166,12 +170,15 @@ def _check_values(s: TrainSettings) -> None:
         for tap in getattr(s.style, group):
             if tap not in taps:
                 raise ConfigError(
-                    f"config error: style.{group}.{tap}: not a {s.loss.network} layer{_suggest(tap, taps)}"
+                    f"config error: style.{group}.{tap}: not a {s.loss.network} layer"
+                    f"{_suggest(tap, taps)}"
                 )
     if len(s.model.channels) != 3:
         raise ConfigError(f"config error: model.channels needs 3 widths, got {s.model.channels}")
     if s.optim.scheduler not in ("constant", "cosine"):
-        raise ConfigError(f"config error: optim.scheduler must be constant or cosine, not {s.optim.scheduler!r}")
+        raise ConfigError(
+            f"config error: optim.scheduler must be constant or cosine, not {s.optim.scheduler!r}"
+        )
     if s.train.export_dtype not in ("float32", "float16", "bfloat16"):
         raise ConfigError("config error: train.export_dtype must be float32, float16 or bfloat16")
     for key in ("image_size", "batch_size", "val_size"):

@@ -81,7 +81,9 @@ class ImageFolderDataset(Dataset):
             except ImageReadError as e:
                 self.failures += 1
                 if self.failures == 1:
-                    warnings.warn(f"{e}; using another image instead", UnreadableImagesWarning, stacklevel=2)
+                    warnings.warn(
+                        f"{e}; using another image instead", UnreadableImagesWarning, stacklevel=2
+                    )
         raise RuntimeError("no image in the dataset could be decoded")
 
 
@@ -124,7 +126,9 @@ class StyleDataModule(pl.LightningDataModule):
             files, val_files = split_validation(files, c.num_val)
         if not files:
             raise ValueError(f"data.root: no readable images under {root}")
-        log.info("training on %d images from %s, %d validation images", len(files), root, len(val_files))
+        log.info(
+            "training on %d images from %s, %d validation images", len(files), root, len(val_files)
+        )
         self.train_set = ImageFolderDataset(files, c.image_size, train=True)
         self.val_set = ImageFolderDataset(val_files, c.val_size, train=False) if val_files else None
 

@@ -60,7 +60,9 @@ def _sixteen_bit_to_8(img: Image.Image) -> Image.Image:
     """Greyscale 16/32-bit integer images (modes I;16*, I) → 8-bit L, scaled by the type's range."""
     arr = np.asarray(img)
     peak = 65535.0 if arr.max(initial=0) > 255 or img.mode.startswith("I;16") else 255.0
-    return Image.fromarray(np.clip(arr.astype(np.float64) / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    return Image.fromarray(
+        np.clip(arr.astype(np.float64) / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    )
 
 
 def split_alpha(img: Image.Image) -> tuple[Image.Image, Image.Image | None]:
@@ -86,9 +88,7 @@ def split_alpha(img: Image.Image) -> tuple[Image.Image, Image.Image | None]:
     return (img if img.mode == "RGB" else img.convert("RGB")), None
 
 
-def open_image(
-    path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS
-) -> Image.Image:
+def open_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open, fully decode and EXIF-orient an image file.
 
     Raises ``ImageReadError`` with a one-line message for a missing, corrupt, non-image or

@@ -63,7 +63,9 @@ def save_safetensors(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to(_DTYPES[dtype]).contiguous().cpu() for k, v in net.state_dict().items()}
+    state = {
+        k: v.detach().to(_DTYPES[dtype]).contiguous().cpu() for k, v in net.state_dict().items()
+    }
     meta = {**meta, "dtype": dtype}
     save_file(state, str(path), metadata={"fast_style": json.dumps(meta)})
     return path
@@ -78,7 +80,9 @@ def _check_meta(meta: Any, path: Path) -> dict[str, Any]:
             f"understands ({FORMAT_VERSION}); upgrade fast_style"
         )
     if meta.get("architecture") != ARCHITECTURE:
-        raise ModelFileError(f"{path}: architecture {meta.get('architecture')!r} is not {ARCHITECTURE!r}")
+        raise ModelFileError(
+            f"{path}: architecture {meta.get('architecture')!r} is not {ARCHITECTURE!r}"
+        )
     return meta
 
 
@@ -105,9 +109,13 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
-        raise ModelFileError(f"{path}: refused to load, not a plain-data checkpoint ({first})") from None
+        raise ModelFileError(
+            f"{path}: refused to load, not a plain-data checkpoint ({first})"
+        ) from None
     except Exception as e:  # zip errors, truncation, EOF, …
-        raise ModelFileError(f"{path}: corrupt or not a PyTorch checkpoint ({type(e).__name__})") from None
+        raise ModelFileError(
+            f"{path}: corrupt or not a PyTorch checkpoint ({type(e).__name__})"
+        ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ModelFileError(f"{path}: not a Lightning checkpoint (no state_dict)")
     meta = _check_meta(ckpt.get("fast_style"), path)

@@ -14,15 +14,15 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from fast_style.config import TrainSettings, resolve_path
+from fast_style.config import LossConfig, StyleConfig, TrainSettings, resolve_path
 from fast_style.imaging import image_grid, load_tensor
 from fast_style.loss import LossWeights, PerceptualLoss
 from fast_style.model_io import describe
 from fast_style.transformer import TransformerNet
 
 
-def loss_weights(settings: TrainSettings) -> LossWeights:
-    s = settings.style
+def style_loss_weights(s: StyleConfig) -> LossWeights:
+    """The loss weights and layers of a style config."""
     return LossWeights(
         content_weight=s.content_weight,
         style_weight=s.style_weight,
@@ -32,16 +32,22 @@ def loss_weights(settings: TrainSettings) -> LossWeights:
     )
 
 
+def style_criterion(style: StyleConfig, loss: LossConfig) -> tuple[PerceptualLoss, torch.Tensor]:
+    """The loss network with the style's Gram targets set; returns it and the style image
+    (1, 3, H, W) in [0, 1]. The one construction used by training, Gatys and evaluation."""
+    crit = PerceptualLoss.build(style_loss_weights(style), loss.network, loss.weights)
+    image = load_tensor(resolve_path(style.image), long_side=style.size)
+    crit.set_style(image)
+    return crit, image
+
+
 def build_criterion(settings: TrainSettings) -> tuple[PerceptualLoss, torch.Tensor]:
-    """The loss network with the style's Gram targets set; returns it and the style image."""
-    crit = PerceptualLoss.build(loss_weights(settings), settings.loss.network, settings.loss.weights)
-    style = load_tensor(resolve_path(settings.style.image), long_side=settings.style.size)
-    crit.set_style(style)
-    return crit, style
+    """The training criterion: ``style_criterion`` of the run's style and loss configs."""
+    return style_criterion(settings.style, settings.loss)
 
 
 def lr_lambda(step: int, warmup: int, total: int, kind: str, floor: float) -> float:
-    """Multiplier of the base lr at ``step``: linear warmup, then constant or cosine to ``floor``."""
+    """Base-lr multiplier at ``step``: linear warmup, then constant or cosine down to ``floor``."""
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     if kind == "constant" or total <= warmup:
@@ -81,7 +87,9 @@ class StyleTransferSystem(pl.LightningModule):
 
     def _log_terms(self, prefix: str, terms: dict[str, torch.Tensor], on_step: bool) -> None:
         main = {f"{prefix}/{k}": terms[k] for k in ("content", "style", "tv", "total")}
-        self.log_dict(main, on_step=on_step, on_epoch=not on_step, prog_bar=on_step, sync_dist=not on_step)
+        self.log_dict(
+            main, on_step=on_step, on_epoch=not on_step, prog_bar=on_step, sync_dist=not on_step
+        )
         layers = {f"{prefix}_layers/{k}": v for k, v in terms.items() if "/" in k}
         self.log_dict(layers, on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
 
@@ -105,7 +113,11 @@ class StyleTransferSystem(pl.LightningModule):
     @torch.no_grad()
     def log_image_grid(self) -> None:
         """TensorBoard image: style | contents (top row), style | stylised (bottom row)."""
-        if self.grid_images is None or len(self.grid_images) == 0 or not self.trainer.is_global_zero:
+        if (
+            self.grid_images is None
+            or len(self.grid_images) == 0
+            or not self.trainer.is_global_zero
+        ):
             return
         writer = getattr(self.logger, "experiment", None)
         if writer is None or not hasattr(writer, "add_image"):
@@ -123,7 +135,9 @@ class StyleTransferSystem(pl.LightningModule):
         self.criterion  # noqa: B018 - ensures the style image is loaded
         s = self._style
         scale = max(size[0] / s.shape[-2], size[1] / s.shape[-1])
-        s = F.interpolate(s, scale_factor=scale, mode="bilinear", antialias=True, align_corners=False)
+        s = F.interpolate(
+            s, scale_factor=scale, mode="bilinear", antialias=True, align_corners=False
+        )
         top, left = (s.shape[-2] - size[0]) // 2, (s.shape[-1] - size[1]) // 2
         return s[0, :, top : top + size[0], left : left + size[1]].clamp(0, 1).to(self.device)
 
@@ -131,9 +145,17 @@ class StyleTransferSystem(pl.LightningModule):
         o = self.settings.optim
         fused = self.device.type == "cuda"  # fused Adam: one kernel for all parameters
         opt = torch.optim.Adam(
-            self.net.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=fused
+            self.net.parameters(),
+            lr=o.lr,
+            betas=tuple(o.betas),
+            weight_decay=o.weight_decay,
+            fused=fused,
         )
-        total = int(self.trainer.max_steps) if self.trainer.max_steps and self.trainer.max_steps > 0 else 0
+        total = (
+            int(self.trainer.max_steps)
+            if self.trainer.max_steps and self.trainer.max_steps > 0
+            else 0
+        )
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: lr_lambda(step, o.warmup_steps, total, o.scheduler, o.min_lr_ratio)
         )

@@ -40,8 +40,13 @@ class InterruptCheckpoint(Checkpoint):
     def __init__(self, dirpath: Path):
         self.path = Path(dirpath) / "last.ckpt"
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, KeyboardInterrupt) or type(exception).__name__ == "SIGTERMException":
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        if (
+            isinstance(exception, KeyboardInterrupt)
+            or type(exception).__name__ == "SIGTERMException"
+        ):
             trainer.save_checkpoint(self.path)
             if trainer.is_global_zero:
                 print(
@@ -52,7 +57,7 @@ class InterruptCheckpoint(Checkpoint):
 
 
 def trainer_kwargs(settings: TrainSettings) -> dict[str, Any]:
-    """``pl.Trainer`` arguments from ``trainer:``; ``precision: auto`` picks bf16 on capable GPUs."""
+    """``pl.Trainer`` arguments; ``precision: auto`` means bf16 on capable GPUs, else fp32."""
     kw = dict(settings.trainer)
     if kw.get("precision") == "auto":
         use_cuda = kw.get("accelerator") in ("gpu", "cuda", "auto") and torch.cuda.is_available()
@@ -66,7 +71,9 @@ def train(settings: TrainSettings, run_dir: Path) -> Path | None:
         pl.seed_everything(settings.seed, workers=True)
     data = StyleDataModule(settings.data)
     data.setup("fit")
-    system = StyleTransferSystem(settings, grid_images=data.grid_images(settings.train.num_grid_images))
+    system = StyleTransferSystem(
+        settings, grid_images=data.grid_images(settings.train.num_grid_images)
+    )
     ckpt_dir = run_dir / "checkpoints"
     callbacks = [
         ModelCheckpoint(
@@ -80,9 +87,14 @@ def train(settings: TrainSettings, run_dir: Path) -> Path | None:
         InterruptCheckpoint(ckpt_dir),
         LearningRateMonitor(logging_interval="step"),
     ]
-    logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
+    logger = TensorBoardLogger(
+        save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False
+    )
     trainer = pl.Trainer(
-        default_root_dir=str(run_dir), logger=logger, callbacks=callbacks, **trainer_kwargs(settings)
+        default_root_dir=str(run_dir),
+        logger=logger,
+        callbacks=callbacks,
+        **trainer_kwargs(settings),
     )
     ckpt = str(resolve_path(settings.ckpt_path)) if settings.ckpt_path else None
     if ckpt and not Path(ckpt).is_file():

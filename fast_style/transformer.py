@@ -39,7 +39,9 @@ class TransformerConfig:
         arch = d.get("architecture", ARCHITECTURE)
         if arch != ARCHITECTURE:
             raise ValueError(f"unknown transform architecture {arch!r} (expected {ARCHITECTURE!r})")
-        return cls(channels=tuple(int(c) for c in d["channels"]), num_residual=int(d["num_residual"]))
+        return cls(
+            channels=tuple(int(c) for c in d["channels"]), num_residual=int(d["num_residual"])
+        )
 
 
 class ConvLayer(nn.Sequential):

@@ -61,7 +61,9 @@ def content_term(feat: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (err / scale).mean()
 
 
-def style_term(feat: torch.Tensor, target_gram: torch.Tensor, target_norm: torch.Tensor) -> torch.Tensor:
+def style_term(
+    feat: torch.Tensor, target_gram: torch.Tensor, target_norm: torch.Tensor
+) -> torch.Tensor:
     """Relative Gram distance (scalar): ‖G(φ(y)) − G_s‖²_F / ‖G_s‖²_F, batch mean."""
     diff = gram_matrix(feat) - target_gram
     return (diff.pow(2).sum((1, 2)) / target_norm).mean()
@@ -105,7 +107,9 @@ class PerceptualLoss(nn.Module):
         for tap in self.weights.style_layers:
             g = gram_matrix(feats[tap])[:1]
             self.register_buffer(f"gram_{tap}", g, persistent=False)
-            self.register_buffer(f"gram_norm_{tap}", g.pow(2).sum().clamp_min(_EPS), persistent=False)
+            self.register_buffer(
+                f"gram_norm_{tap}", g.pow(2).sum().clamp_min(_EPS), persistent=False
+            )
         self._has_style = True
 
     def _device(self) -> torch.device:
@@ -138,7 +142,9 @@ class PerceptualLoss(nn.Module):
             terms[f"style/{tap}"] = style_term(
                 feats[tap], getattr(self, f"gram_{tap}"), getattr(self, f"gram_norm_{tap}")
             )
-        content = w.content_weight * sum(lw * terms[f"content/{t}"] for t, lw in w.content_layers.items())
+        content = w.content_weight * sum(
+            lw * terms[f"content/{t}"] for t, lw in w.content_layers.items()
+        )
         style = w.style_weight * sum(lw * terms[f"style/{t}"] for t, lw in w.style_layers.items())
         tv = w.tv_weight * total_variation(output)
         terms.update(content=content, style=style, tv=tv, total=content + style + tv)

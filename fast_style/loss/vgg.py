@@ -153,7 +153,8 @@ class VGGFeatures(nn.Module):
         for k, v in expected.items():
             if sd[k].shape != v.shape:
                 raise LossNetworkWeightsError(
-                    f"{source}: {k} has shape {tuple(sd[k].shape)}, {self.arch} needs {tuple(v.shape)}"
+                    f"{source}: {k} has shape {tuple(sd[k].shape)}, "
+                    f"{self.arch} needs {tuple(v.shape)}"
                 )
         self.layers.load_state_dict({k: sd[k] for k in expected})
 

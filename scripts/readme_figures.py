@@ -1,0 +1,92 @@
+"""Make the README's training figures from a finished run.
+
+    python scripts/readme_figures.py --run RUN_DIR --model MODEL --out docs/images \
+        --photos ../shared/data/eval/kodak24/kodim05.jpg ../shared/data/eval/kodak24/kodim23.jpg
+
+Writes ``loss_curves.png`` (train and validation losses read back from the run's TensorBoard
+events) and ``before_after.png`` (painting | photo | stylised, for photos the model never saw).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from fast_style.config import resolve_path
+from fast_style.imaging import image_grid, load_tensor, save_image
+from fast_style.model_io import load_model
+
+TERMS = ("total", "content", "style", "tv")
+
+
+def read_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+
+
+def smooth(values: list[float], k: int) -> list[float]:
+    """Trailing moving average over ``k`` points."""
+    out, acc = [], 0.0
+    for i, v in enumerate(values):
+        acc += v - (values[i - k] if i >= k else 0.0)
+        out.append(acc / min(i + 1, k))
+    return out
+
+
+def plot_losses(scalars: dict, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(TERMS), figsize=(4 * len(TERMS), 3.2))
+    for ax, term in zip(axes, TERMS, strict=True):
+        if f"train/{term}" in scalars:
+            steps, vals = zip(*scalars[f"train/{term}"], strict=True)
+            ax.plot(steps, vals, color="#bbb", lw=0.8, label="train")
+            ax.plot(steps, smooth(list(vals), 20), color="#1f77b4", lw=1.6, label="smoothed")
+        if f"val/{term}" in scalars:
+            steps, vals = zip(*scalars[f"val/{term}"], strict=True)
+            ax.plot(steps, vals, "o-", color="#d62728", lw=1.6, ms=3, label="validation")
+        ax.set_title(term)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    return out
+
+
+@torch.no_grad()
+def before_after(model: Path, photos: list[Path], size: int, out: Path) -> Path:
+    net, meta = load_model(model)
+    style_file = resolve_path(meta["training"]["style"]["image"])
+    rows = []
+    for p in photos:
+        x = load_tensor(p, long_side=size)
+        style = torch.nn.functional.interpolate(
+            load_tensor(style_file), size=x.shape[-2:], mode="bilinear", antialias=True
+        )
+        rows.append([style[0], x[0], net(x)[0]])
+    return save_image(image_grid(rows, pad=4), out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", type=Path, required=True, help="training run directory")
+    ap.add_argument("--model", type=Path, required=True, help="model file (.safetensors/.ckpt)")
+    ap.add_argument("--photos", type=Path, nargs="+", required=True)
+    ap.add_argument("--size", type=int, default=384, help="long side of the photos (px)")
+    ap.add_argument("--out", type=Path, default=Path("docs/images"))
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(plot_losses(read_scalars(args.run), args.out / "loss_curves.png"))
+    print(before_after(args.model, args.photos, args.size, args.out / "before_after.png"))
+
+
+if __name__ == "__main__":
+    main()

@@ -220,3 +220,55 @@ def image_grid(rows: Sequence[Iterable[torch.Tensor]], pad: int = 2) -> torch.Te
             y, x = pad + i * (h + pad), pad + j * (w + pad)
             grid[:, y : y + h, x : x + w] = img.detach().float().cpu().clamp(0, 1)
     return grid
+
+
+# ---------------------------------------------------------------------------------------------
+# Uploads: the same rules as ``open_image`` (pixel limit before decoding, full decode, EXIF
+# orientation), for bytes that never touch the disk (fast_style.serve).
+
+# Pillow formats accepted from untrusted uploads: raster formats only (no EPS/PDF, which would
+# call Ghostscript, no exotic plugins). MPO is how Pillow opens many phone JPEGs.
+UPLOAD_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
+
+
+class NotAnImageError(ImageReadError):
+    """Bytes that are not an image of an accepted format."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """An image whose pixel count exceeds the limit (checked before decoding)."""
+
+
+def open_image_bytes(
+    data: bytes,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    name: str = "upload",
+    formats: Sequence[str] | None = UPLOAD_FORMATS,
+) -> Image.Image:
+    """Decode an image held in memory with ``open_image``'s rules; ``formats`` restricts the
+    Pillow decoders tried (None: all). Raises ``NotAnImageError``, ``ImageTooLargeError`` or
+    ``ImageReadError`` (corrupt or truncated) with a one-line message naming ``name``."""
+    import io
+
+    if formats:
+        Image.init()  # register every plugin, then keep the accepted ones this Pillow has
+        formats = [f for f in formats if f in Image.OPEN]
+    try:
+        with Image.open(io.BytesIO(data), formats=formats or None) as im:
+            w, h = im.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise ImageTooLargeError(
+                    f"{name}: {w}x{h} = {w * h / 1e6:.1f} MP exceeds the limit of "
+                    f"{max_pixels / 1e6:.1f} MP"
+                )
+            im.load()
+            return ImageOps.exif_transpose(im) or im
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageTooLargeError(f"{name}: too many pixels ({e})") from e
+    except UnidentifiedImageError as e:
+        accepted = ", ".join(formats) if formats else "any Pillow format"
+        raise NotAnImageError(f"{name}: not an image of an accepted type ({accepted})") from e
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageReadError(f"{name}: corrupt or truncated image ({e})") from e

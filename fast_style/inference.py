@@ -4,10 +4,12 @@
 ``TransformerNet``), picks a device and a backend, and applies the network plus the optional
 post-processing: colour preservation (``fast_style.color``), a strength blend and a soft mask.
 
-Backends (``backend=``): ``eager`` PyTorch (optionally channels_last), ``compile``
-(``torch.compile``), ``onnxruntime`` (the model exported in memory by ``fast_style.export`` and
-run by ONNX Runtime with full graph optimisation). ``auto`` picks ONNX Runtime on CPU when it is
-installed (fastest here, see docs/benchmarks.md) and eager PyTorch otherwise.
+All backends run ``fast_style.export.DeployNet``, the network re-parameterised for speed (same
+outputs). Backends (``backend=``): ``eager`` PyTorch (channels_last by default), ``compile``
+(``torch.compile``), ``onnxruntime`` (the ONNX export, cached on disk by weight hash, run by ONNX
+Runtime with all graph optimisations; tiles of tiled inference use a second export whose
+instance norms take the frozen statistics as an input). ``auto`` picks ONNX Runtime on CPU when
+it is installed (fastest there, see docs/benchmarks.md) and PyTorch otherwise.
 
 Tiling for images too large for memory
 --------------------------------------
@@ -27,9 +29,10 @@ and contrast. The tiled path therefore runs in two stages:
 2. **Tile pass.** Tiles of ``tile`` pixels overlapping by at least ``overlap`` (origins on
    multiples of 4, so the stride-2 grids line up with the whole image's) run with every instance
    norm *frozen* to the recorded statistics, i.e. as one and the same affine map everywhere.
-   Tile outputs are blended with separable sin² ramps across each overlap and normalised by the
-   summed weights: seams are feathered, and tile borders (where the network sees reflection
-   padding instead of the neighbours) get almost no weight.
+   Tile outputs are blended with separable weights, normalised by their sum: across each
+   overlap a tile's weight is ~0 over the outer quarter (its border, where the network saw
+   reflection padding instead of the neighbours) and rises as sin² over the middle half, so
+   seams are feathered and border artefacts get almost no weight.
 
 Tiles are processed one row at a time; finished rows are post-processed and written straight to
 the output, so memory holds one strip of float accumulators plus the 8-bit input and output, and
@@ -42,6 +45,7 @@ against an untiled run at 2-3× downscale), the same for every tile, so no seams
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import threading
@@ -58,6 +62,7 @@ from torch import nn
 
 from fast_style import color
 from fast_style.config import PROJECT_ROOT
+from fast_style.export import NORM_INPUT_NAME, DeployNet
 from fast_style.imaging import (
     crop_to,
     pad_to_multiple,
@@ -103,7 +108,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             return torch.device("cuda")
         mps = getattr(torch.backends, "mps", None)
         return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but no CUDA GPU is available (use --device cpu)")
     return dev
@@ -166,16 +176,33 @@ def record_norm_stats(net: nn.Module) -> Iterator[NormStats]:
         yield stats
 
 
+def _norm_affine(
+    m: nn.InstanceNorm2d, mean: torch.Tensor, var: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Instance norm ``m`` with fixed statistics as ``x * scale + shift``; each (1, C)."""
+    scale = torch.rsqrt(var + m.eps)
+    shift = -mean * scale
+    if m.affine:
+        scale, shift = scale * m.weight, shift * m.weight + m.bias
+    return scale.detach(), shift.detach()
+
+
+def pack_norm_affine(net: nn.Module, stats: NormStats) -> torch.Tensor:
+    """The ``norm_affine`` input (2, ΣC) of ``fast_style.export.FrozenNormNet``."""
+    pairs = [
+        _norm_affine(m, stats.means[i], stats.variances[i])
+        for i, m in enumerate(_instance_norms(net))
+    ]
+    return torch.stack([torch.cat([p[0][0] for p in pairs]), torch.cat([p[1][0] for p in pairs])])
+
+
 @contextlib.contextmanager
 def frozen_norm_stats(net: nn.Module, stats: NormStats) -> Iterator[None]:
     """Run every instance norm as a fixed affine map with the given statistics."""
 
     def make_forward(i: int, m: nn.InstanceNorm2d) -> Callable:
-        scale = torch.rsqrt(stats.variances[i] + m.eps)
-        shift = -stats.means[i] * scale
-        if m.affine:
-            scale, shift = scale * m.weight, shift * m.weight + m.bias
-        scale, shift = scale.detach()[..., None, None], shift.detach()[..., None, None]
+        scale, shift = _norm_affine(m, stats.means[i], stats.variances[i])
+        scale, shift = scale[..., None, None], shift[..., None, None]
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             return x * scale.to(x.dtype) + shift.to(x.dtype)
@@ -214,8 +241,8 @@ def tile_spans(n: int, tile: int, overlap: int) -> list[tuple[int, int]]:
 
 
 def feather_weights(spans: list[tuple[int, int]], i: int) -> torch.Tensor:
-    """1-D blending weights (length of span ``i``): sin² ramps across the overlaps with the
-    neighbouring spans, 1 elsewhere. Ramps are sampled at pixel centres, so never exactly 0."""
+    """1-D blending weights (length of span ``i``): ``_ramp`` across the overlaps with the
+    neighbouring spans, 1 elsewhere; never 0, so every pixel has weight."""
     s, e = spans[i]
     w = torch.ones(e - s)
     if i > 0 and spans[i - 1][1] > s:
@@ -228,8 +255,10 @@ def feather_weights(spans: list[tuple[int, int]], i: int) -> torch.Tensor:
 
 
 def _ramp(n: int) -> torch.Tensor:
-    t = (torch.arange(n, dtype=torch.float32) + 0.5) / n
-    return torch.sin(0.5 * math.pi * t) ** 2
+    """0 → 1 across an overlap of ``n`` pixels: flat (1e-3) over the outer quarter, where the
+    tile's own border effects are largest, a sin² ramp over the middle half, 1 after."""
+    t = ((torch.arange(n, dtype=torch.float32) + 0.5) / n - 0.25) * 2
+    return (torch.sin(0.5 * math.pi * t.clamp(0, 1)) ** 2).clamp_min(1e-3)
 
 
 def run_tiled(
@@ -332,29 +361,70 @@ def feather_mask(mask: Image.Image, size: tuple[int, int]) -> Image.Image:
 # Backends.
 
 
+def onnx_cache_dir() -> Path:
+    """``$FAST_STYLE_CACHE`` or ``~/.cache/fast_style``, sub-folder ``onnx``."""
+    root = os.environ.get("FAST_STYLE_CACHE") or Path.home() / ".cache" / "fast_style"
+    return Path(root) / "onnx"
+
+
+def cached_onnx(net: TransformerNet, refresh: bool = False, frozen_norms: bool = False) -> bytes:
+    """The ONNX export of ``net``, cached on disk by a hash of its weights and the exporter's
+    versions (exporting takes 1-2 s on a small CPU; loading the cached file, milliseconds).
+    An unwritable cache is skipped silently."""
+    from fast_style import __version__
+    from fast_style.export import DEPLOY_VERSION, to_onnx_bytes
+
+    key = f"{__version__}/{DEPLOY_VERSION}/{torch.__version__}/{frozen_norms}"
+    h = hashlib.sha256(key.encode())
+    for k, v in sorted(net.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
+    path = onnx_cache_dir() / f"{h.hexdigest()[:32]}.onnx"
+    if not refresh:
+        try:
+            return path.read_bytes()
+        except OSError:
+            pass
+    data = to_onnx_bytes(net, frozen_norms=frozen_norms)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)  # atomic: concurrent processes never read a half-written file
+    except OSError:
+        pass
+    return data
+
+
 class _OrtRunner:
-    """The network exported to ONNX in memory, run by ONNX Runtime on CPU."""
+    """The network exported to ONNX (``DeployNet``, or ``FrozenNormNet`` with ``frozen_norms``
+    for the tiles of tiled inference), run by ONNX Runtime on CPU."""
 
-    def __init__(self, net: TransformerNet, threads: int | None = None):
+    def __init__(self, net: TransformerNet, threads: int | None = None, frozen_norms: bool = False):
         import onnxruntime as ort
-
-        from fast_style.export import to_onnx_bytes
 
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self.session = ort.InferenceSession(
-            to_onnx_bytes(net), opts, providers=["CPUExecutionProvider"]
-        )
+        providers = ["CPUExecutionProvider"]
+        try:
+            data = cached_onnx(net, frozen_norms=frozen_norms)
+            self.session = ort.InferenceSession(data, opts, providers=providers)
+        except Exception:  # a damaged cache file (ORT raises its own exception types)
+            data = cached_onnx(net, refresh=True, frozen_norms=frozen_norms)
+            self.session = ort.InferenceSession(data, opts, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, norm_affine: torch.Tensor | None = None) -> torch.Tensor:
         # Pad here (one source: imaging.pad_to_multiple, also for tiny images) so the graph
         # always sees H, W multiples of 4 and ≥ 8.
         xp, size = pad_to_multiple(x.float().cpu(), SIZE_MULTIPLE, MIN_SIZE)
-        y = self.session.run(None, {self.input_name: np.ascontiguousarray(xp.numpy())})[0]
+        feed = {self.input_name: np.ascontiguousarray(xp.numpy())}
+        if norm_affine is not None:
+            feed[NORM_INPUT_NAME] = norm_affine.float().cpu().numpy()
+        y = self.session.run(None, feed)[0]
         return crop_to(torch.from_numpy(y), size).to(x.device)
 
 
@@ -402,18 +472,22 @@ class Stylizer:
             if meta:
                 self.meta.update(meta)
         self.net: TransformerNet = net.float().eval().requires_grad_(False).to(self.device)
+        # The same function, re-parameterised for speed (see fast_style.export.DeployNet); it
+        # shares the instance norms with self.net, so tiled inference can patch them.
+        self.deploy = DeployNet(self.net).eval().to(self.device)
         self.channels_last = channels_last
         if channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
+            self.deploy = self.deploy.to(memory_format=torch.channels_last)
         self.dtype = _half_dtype(half, self.device)
         self.stats_pixels = stats_pixels
         self._lock = threading.RLock()
         self.backend = self._pick_backend(backend)
         self._runner: Callable[[torch.Tensor], torch.Tensor] = self._torch_forward
+        self._tile_runner: _OrtRunner | None = None  # built on the first tiled image
         if self.backend == "onnxruntime":
             self._runner = _OrtRunner(self.net)
         elif self.backend == "compile":
-            self._compiled = torch.compile(self.net, dynamic=True)
+            self._compiled = torch.compile(self.deploy, dynamic=True)
             self._runner = self._compiled_forward
 
     def _pick_backend(self, backend: str) -> str:
@@ -433,9 +507,18 @@ class Stylizer:
 
     # -- forwards: (B, 3, H, W) float in [0, 1] on any device → float32 on self.device -------
 
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+    def _run_net(
+        self, x: torch.Tensor, net: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """(B, 3, H, W) → ``net`` (default: the deploy net) → float32, any H, W ≥ 1.
+
+        Pads with ``imaging.pad_to_multiple`` (replicate for tiny images) and crops back,
+        exactly as ``TransformerNet.forward`` does."""
         x = x.to(self.device, torch.float32, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        xp, size = pad_to_multiple(x, SIZE_MULTIPLE, MIN_SIZE)
+        if self.channels_last:
+            xp = xp.contiguous(memory_format=torch.channels_last)
+        return crop_to((self.deploy if net is None else net)(xp), size).float().contiguous()
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype is None:
@@ -444,11 +527,11 @@ class Stylizer:
 
     def _torch_forward(self, x: torch.Tensor) -> torch.Tensor:
         with self._lock, torch.inference_mode(), self._autocast():
-            return self.net(self._prepare(x)).float().contiguous()
+            return self._run_net(x)
 
     def _compiled_forward(self, x: torch.Tensor) -> torch.Tensor:
         with self._lock, torch.inference_mode(), self._autocast():
-            return self._compiled(self._prepare(x)).float().contiguous()
+            return self._run_net(x, self._compiled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The bare network with the selected backend: (B, 3, H, W) in [0, 1] → same shape."""
@@ -483,7 +566,11 @@ class Stylizer:
                 if (th, tw) != (h, w):
                     thumb = F.interpolate(thumb, size=(th, tw), mode="bilinear", antialias=True)
                 self._stylize_tiled(
-                    xb, thumb.clamp(0, 1), post, tile, overlap,
+                    xb,
+                    thumb.clamp(0, 1),
+                    post,
+                    tile,
+                    overlap,
                     lambda y0, y1, rows, b=b: out[b : b + 1, :, y0:y1].copy_(rows),
                 )
         else:
@@ -515,8 +602,8 @@ class Stylizer:
         with self._lock, torch.inference_mode():
             # 1. statistics pass on the thumbnail (also fits the global colour statistics).
             thumb = thumb.to(self.device, torch.float32)
-            with record_norm_stats(self.net) as stats, self._autocast():
-                post.fit(self.net(self._prepare(thumb)).float(), thumb)
+            with record_norm_stats(self.deploy) as stats, self._autocast():
+                post.fit(self._run_net(thumb), thumb)
 
             def emit(y0: int, y1: int, rows: torch.Tensor) -> None:
                 m = mask_rows(y0, y1)
@@ -525,10 +612,16 @@ class Stylizer:
                 write(y0, y1, rows)
 
             # 2. tile pass with every instance norm frozen to the image's statistics.
-            with frozen_norm_stats(self.net, stats), self._autocast():
+            if self.backend == "onnxruntime":
+                if self._tile_runner is None:
+                    self._tile_runner = _OrtRunner(self.net, frozen_norms=True)
+                runner, affine = self._tile_runner, pack_norm_affine(self.deploy, stats)
                 run_tiled(
-                    lambda t: self.net(self._prepare(t)).float(), read, emit, size, tile, overlap
+                    lambda t: runner(t, affine).to(self.device), read, emit, size, tile, overlap
                 )
+                return
+            with frozen_norm_stats(self.deploy, stats), self._autocast():
+                run_tiled(self._run_net, read, emit, size, tile, overlap)
 
     # -- images ----------------------------------------------------------------------------
 

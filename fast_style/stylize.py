@@ -44,33 +44,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", nargs="+", metavar="IN", help="files, folders (recursive), globs")
     p.add_argument("--output", metavar="OUT", help="an image file (one input) or a folder")
     p.add_argument("--list-models", action="store_true", help="list available models and exit")
-    p.add_argument("--models-dir", action="append", default=[], metavar="DIR",
-                   help="extra folder searched for style names (repeatable)")
+    p.add_argument(
+        "--models-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="extra folder searched for style names (repeatable)",
+    )
     g = p.add_argument_group("look")
-    g.add_argument("--strength", type=float, default=1.0,
-                   help="0 = the photo, 1 = full style (blend in Oklab); default 1")
-    g.add_argument("--preserve-color", action="store_true",
-                   help="keep the photo's colours (luminance-only transfer)")
-    g.add_argument("--match-histogram", action="store_true",
-                   help="with --preserve-color: match the luminance histogram; alone: map the "
-                        "result's colour histogram (mean, covariance) onto the photo's")
+    g.add_argument(
+        "--strength",
+        type=float,
+        default=1.0,
+        help="0 = the photo, 1 = full style (blend in Oklab); default 1",
+    )
+    g.add_argument(
+        "--preserve-color",
+        action="store_true",
+        help="keep the photo's colours (luminance-only transfer)",
+    )
+    g.add_argument(
+        "--match-histogram",
+        action="store_true",
+        help="with --preserve-color: match the luminance histogram; alone: map the "
+        "result's colour histogram (mean, covariance) onto the photo's",
+    )
     g.add_argument("--mask", metavar="FILE", help="greyscale mask: white = styled, black = photo")
     g = p.add_argument_group("size")
     g.add_argument("--max-size", type=int, metavar="N", help="downscale the long side to N first")
     g.add_argument("--tile", type=int, metavar="N", help="stylise in N×N tiles (huge images)")
     g.add_argument("--overlap", type=int, default=32, metavar="P", help="tile overlap (default 32)")
     g = p.add_argument_group("output")
-    g.add_argument("--ext", choices=[e.lstrip(".") for e in OUTPUT_EXTENSIONS],
-                   help="output format for folder outputs (default: the input's)")
+    g.add_argument(
+        "--ext",
+        choices=[e.lstrip(".") for e in OUTPUT_EXTENSIONS],
+        help="output format for folder outputs (default: the input's)",
+    )
     g.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95)")
     g = p.add_argument_group("execution")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    g.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="auto: ONNX Runtime on CPU when installed, else PyTorch")
-    g.add_argument("--half", nargs="?", const="fp16", choices=["fp16", "bf16"],
-                   help="half precision on GPU (fp16 default, or bf16)")
-    g.add_argument("--no-channels-last", dest="channels_last", action="store_false",
-                   help="keep PyTorch's default NCHW memory format")
+    g.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="auto: ONNX Runtime on CPU when installed, else PyTorch",
+    )
+    g.add_argument(
+        "--half",
+        nargs="?",
+        const="fp16",
+        choices=["fp16", "bf16"],
+        help="half precision on GPU (fp16 default, or bf16)",
+    )
+    g.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        help="keep PyTorch's default NCHW memory format",
+    )
     g.add_argument("--batch-size", type=int, default=4, help="images per batch (same size only)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
@@ -139,16 +170,15 @@ def expand_inputs(specs: Iterable[str]) -> tuple[list[tuple[Path, Path]], list[s
     return found, errors
 
 
-def plan_outputs(
-    inputs: list[tuple[Path, Path]], output: str, ext: str | None
-) -> list[Job]:
+def plan_outputs(inputs: list[tuple[Path, Path]], output: str, ext: str | None) -> list[Job]:
     """Map inputs to output paths. ``output`` is a file when it has an image extension and is
     not an existing folder (then exactly one input is allowed), otherwise a folder."""
     out = Path(output).expanduser()
     if out.suffix.lower() in OUTPUT_EXTENSIONS and not out.is_dir():
         if len(inputs) != 1:
-            raise ValueError(f"--output {output} is a file but {len(inputs)} images were given; "
-                             "give a folder")
+            raise ValueError(
+                f"--output {output} is a file but {len(inputs)} images were given; give a folder"
+            )
         return [Job(inputs[0][0], out)]
     if out.exists() and not out.is_dir():
         raise ValueError(f"--output {output} exists and is not a folder")
@@ -180,8 +210,10 @@ def write_result(img: Image.Image, job: Job, quality: int) -> None:
 
 def list_models(dirs: Sequence[Path]) -> list[str]:
     """One line per model file in ``dirs``: name, style, widths, dtype, steps, size, path."""
-    lines = [f"{'name':<24} {'style':<18} {'width':<6} {'channels':<11} {'res':>3} "
-             f"{'dtype':<8} {'steps':>7} {'MB':>6}  path"]
+    lines = [
+        f"{'name':<24} {'style':<18} {'width':<6} {'channels':<11} {'res':>3} "
+        f"{'dtype':<8} {'steps':>7} {'MB':>6}  path"
+    ]
     for path in find_models(list(dirs)):
         try:
             reader = read_safetensors if path.suffix == ".safetensors" else read_checkpoint
@@ -247,9 +279,13 @@ def run_jobs(stylizer: Stylizer, jobs: list[Job], args: argparse.Namespace) -> t
     ``(written, failed)``."""
     mask = open_image(args.mask) if args.mask else None
     opts = {
-        "strength": args.strength, "preserve_color": args.preserve_color,
-        "match_histogram": args.match_histogram, "max_size": args.max_size,
-        "tile": args.tile, "overlap": args.overlap, "mask": mask,
+        "strength": args.strength,
+        "preserve_color": args.preserve_color,
+        "match_histogram": args.match_histogram,
+        "max_size": args.max_size,
+        "tile": args.tile,
+        "overlap": args.overlap,
+        "mask": mask,
     }
     progress = _Progress(len(jobs), not args.quiet)
     written = failed = 0
@@ -299,20 +335,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs = plan_outputs(inputs, args.output, args.ext)
         if args.mask:
             open_image(args.mask)  # fail early on a bad mask
-        stylizer = Stylizer(args.model, device=args.device, half=args.half or False,
-                            channels_last=args.channels_last, search_dirs=args.models_dir,
-                            backend=args.backend)
+        stylizer = Stylizer(
+            args.model,
+            device=args.device,
+            half=args.half or False,
+            channels_last=args.channels_last,
+            search_dirs=args.models_dir,
+            backend=args.backend,
+        )
     except (ModelFileError, ImageReadError, ValueError) as e:
         parser.exit(2, f"error: {e}\n")
+    if args.half and stylizer.device.type == "cpu":
+        print("note: --half is ignored on CPU (fp32 is faster there)", file=sys.stderr)
     start = time.perf_counter()
     written, failed = run_jobs(stylizer, jobs, args)
     failed += len(errors)
     dt = time.perf_counter() - start
     rate = written / dt if dt > 0 else 0.0
     where = jobs[0].dst if len(jobs) == 1 else Path(args.output)
-    summary = (f"stylized {written} image{'s' * (written != 1)} in {dt:.2f} s "
-               f"({rate:.2f} images/s) with {stylizer.style!r} on {stylizer.device} "
-               f"[{stylizer.backend}] → {where}")
+    summary = (
+        f"stylized {written} image{'s' * (written != 1)} in {dt:.2f} s "
+        f"({rate:.2f} images/s) with {stylizer.style!r} on {stylizer.device} "
+        f"[{stylizer.backend}] → {where}"
+    )
     print(summary + (f"; {failed} failed" if failed else ""))
     if failed:
         sys.exit(1)

@@ -1,7 +1,7 @@
 """``python train.py style=starry_night [group=option …] [key=value …]``: train a style network.
 
 Everything a run writes goes under its Hydra run directory (``hydra.run.dir=…``):
-``checkpoints/last.ckpt`` and periodic ``checkpoints/step=NNNNNN.ckpt``, TensorBoard events in
+``checkpoints/last.ckpt`` and periodic ``checkpoints/step_NNNNNN.ckpt``, TensorBoard events in
 ``tensorboard/``, the composed config in ``.hydra/``, and ``<style>.safetensors`` at the end.
 """
 
@@ -78,7 +78,7 @@ def train(settings: TrainSettings, run_dir: Path) -> Path | None:
     callbacks = [
         ModelCheckpoint(
             dirpath=ckpt_dir,
-            filename="step={step:06d}",
+            filename="step_{step:06d}",  # no "=": Hydra overrides must not need quoting
             auto_insert_metric_name=False,
             every_n_train_steps=settings.train.checkpoint_every_n_steps,
             save_top_k=-1,

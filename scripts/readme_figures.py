@@ -4,7 +4,7 @@
         --photos ../shared/data/eval/kodak24/kodim05.jpg ../shared/data/eval/kodak24/kodim23.jpg
 
 Writes ``loss_curves.png`` (train and validation losses read back from the run's TensorBoard
-events) and ``before_after.png`` (painting | photo | stylised, for photos the model never saw).
+events) and ``before_after.jpg`` (painting | photo | stylised, for photos the model never saw).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     print(plot_losses(read_scalars(args.run), args.out / "loss_curves.png"))
-    print(before_after(args.model, args.photos, args.size, args.out / "before_after.png"))
+    print(before_after(args.model, args.photos, args.size, args.out / "before_after.jpg"))
 
 
 if __name__ == "__main__":

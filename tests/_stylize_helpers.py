@@ -14,7 +14,9 @@ from fast_style.transformer import TransformerNet
 TINY = (8, 16, 16)
 
 
-def tiny_net(seed: int = 0, channels: tuple[int, int, int] = TINY, num_residual: int = 1) -> TransformerNet:
+def tiny_net(
+    seed: int = 0, channels: tuple[int, int, int] = TINY, num_residual: int = 1
+) -> TransformerNet:
     """A small random-weight network (fast on CPU; enough for shapes, formats and equivalence)."""
     torch.manual_seed(seed)
     net = TransformerNet(channels, num_residual=num_residual).eval()
@@ -31,7 +33,9 @@ def save_tiny(path: Path, style: str = "tiny", **kw) -> Path:
     return save_safetensors(net, path, describe(net, style, width="tiny"))
 
 
-def save_tiny_ckpt(path: Path, style: str = "tiny", meta_overrides: dict | None = None, **kw) -> Path:
+def save_tiny_ckpt(
+    path: Path, style: str = "tiny", meta_overrides: dict | None = None, **kw
+) -> Path:
     """A Lightning-style checkpoint: ``state_dict`` with ``net.*`` keys plus ``fast_style``."""
     net = tiny_net(**kw)
     meta = {**describe(net, style, width="tiny"), **(meta_overrides or {})}
@@ -46,9 +50,11 @@ def photo(w: int, h: int, seed: int = 0) -> Image.Image:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     chans = []
-    for c in range(3):
+    for _c in range(3):
         fx, fy, ph = rng.uniform(1, 4), rng.uniform(1, 4), rng.uniform(0, 6)
-        chans.append(0.5 + 0.4 * np.sin(fx * xx / max(w, 1) * 6 + ph) * np.cos(fy * yy / max(h, 1) * 6))
+        chans.append(
+            0.5 + 0.4 * np.sin(fx * xx / max(w, 1) * 6 + ph) * np.cos(fy * yy / max(h, 1) * 6)
+        )
     arr = np.stack(chans, -1) + rng.normal(0, 0.03, (h, w, 3))
     return Image.fromarray((np.clip(arr, 0, 1) * 255).astype(np.uint8), "RGB")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -24,6 +25,12 @@ from fast_style.inference import (
 )
 from fast_style.model_io import ModelFileError
 from tests._stylize_helpers import odd_images, photo, save_tiny, save_tiny_ckpt, tiny_net
+
+
+@pytest.fixture(autouse=True)
+def _onnx_cache(tmp_path_factory, monkeypatch):
+    """Keep the ONNX export cache of these tests out of the user's home."""
+    monkeypatch.setenv("FAST_STYLE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +94,7 @@ def test_ckpt_with_pickled_code_is_refused_without_running_it(tmp_path):
         class Evil:
             def __reduce__(self):
                 return (os.system, ("touch {flag}",))
-        torch.save({{"state_dict": {{}}, "fast_style": Evil()}}, "{tmp_path / 'evil.ckpt'}")
+        torch.save({{"state_dict": {{}}, "fast_style": Evil()}}, "{tmp_path / "evil.ckpt"}")
     """)
     subprocess.run([sys.executable, "-c", script], check=True)
     with pytest.raises(ModelFileError, match="refused"):
@@ -110,12 +117,28 @@ def test_bad_options_are_value_errors():
 
 
 @pytest.mark.skipif(not onnxruntime_available(), reason="onnxruntime not installed")
+def test_onnx_export_is_cached_and_a_damaged_cache_is_rebuilt(tmp_path, monkeypatch):
+    from fast_style.inference import onnx_cache_dir
+
+    monkeypatch.setenv("FAST_STYLE_CACHE", str(tmp_path))
+    x = torch.rand(1, 3, 16, 16)
+    first = Stylizer(tiny_net(), device="cpu", backend="onnxruntime").stylize_tensor(x)
+    (cached,) = onnx_cache_dir().glob("*.onnx")
+    cached.write_bytes(b"damaged")
+    again = Stylizer(tiny_net(), device="cpu", backend="onnxruntime").stylize_tensor(x)
+    torch.testing.assert_close(again, first)
+    assert cached.stat().st_size > 1000  # rewritten
+
+
+@pytest.mark.skipif(not onnxruntime_available(), reason="onnxruntime not installed")
 def test_onnxruntime_backend_matches_eager(stylizer):
     ort = Stylizer(tiny_net(), device="cpu", backend="onnxruntime")
     assert Stylizer(tiny_net(), device="cpu").backend == "onnxruntime"  # the CPU default
     for shape in [(1, 3, 5, 3), (2, 3, 37, 50)]:
         x = torch.rand(shape)
-        torch.testing.assert_close(ort.stylize_tensor(x), stylizer.stylize_tensor(x), atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            ort.stylize_tensor(x), stylizer.stylize_tensor(x), atol=1e-4, rtol=0
+        )
 
 
 # --- images and sizes --------------------------------------------------------------------
@@ -171,9 +194,11 @@ def test_strength_zero_returns_the_photo(stylizer):
 def test_strength_moves_steadily_from_photo_to_style(stylizer):
     img = photo(31, 22)
     full = _arr(stylizer.stylize_image(img))
-    dist = [np.abs(_arr(stylizer.stylize_image(img, strength=s)) - full).mean()
-            for s in (0.0, 0.25, 0.5, 0.75, 1.0)]
-    assert dist[-1] == 0 and all(a > b for a, b in zip(dist, dist[1:], strict=False))
+    dist = [
+        np.abs(_arr(stylizer.stylize_image(img, strength=s)) - full).mean()
+        for s in (0.0, 0.25, 0.5, 0.75, 1.0)
+    ]
+    assert dist[-1] == 0 and all(a > b for a, b in itertools.pairwise(dist))
     with pytest.raises(ValueError, match="strength"):
         stylizer.stylize_image(img, strength=1.5)
 
@@ -193,8 +218,14 @@ def test_match_histogram_moves_colour_statistics_to_the_photo(stylizer):
     x = pil_to_tensor(photo(40, 30)).unsqueeze(0)
     plain = stylizer.stylize_tensor(x)
     matched = stylizer.stylize_tensor(x, match_histogram=True)
-    mean_err = lambda t: (t.mean((2, 3)) - x.mean((2, 3))).abs().max()  # noqa: E731
-    assert mean_err(matched) < 0.02 < mean_err(plain)
+
+    def err(t: torch.Tensor) -> float:  # colour mean and spread against the photo's
+        return float(
+            (t.mean((2, 3)) - x.mean((2, 3))).abs().max()
+            + (t.std((2, 3)) - x.std((2, 3))).abs().max()
+        )
+
+    assert err(matched) < 0.02 and err(matched) < 0.3 * err(plain)
     both = stylizer.stylize_tensor(x, preserve_color=True, match_histogram=True)
     y_b, y_x = color.luminance(both), color.luminance(x)
     assert abs(y_b.mean() - y_x.mean()) < 0.02 and abs(y_b.std() - y_x.std()) < 0.02
@@ -212,7 +243,9 @@ def test_mask_selects_photo_or_style(stylizer):
     assert np.abs(out[:, :8] - _arr(img)[:, :8]).max() <= 1  # far left: the photo
     assert np.abs(out[:, -8:] - full[:, -8:]).max() <= 1  # far right: the style
     edge = out[:, 22:26]  # the edge is feathered: in between
-    assert np.abs(edge - _arr(img)[:, 22:26]).mean() > 1 and np.abs(edge - full[:, 22:26]).mean() > 1
+    assert (
+        np.abs(edge - _arr(img)[:, 22:26]).mean() > 1 and np.abs(edge - full[:, 22:26]).mean() > 1
+    )
 
 
 # --- tiling -----------------------------------------------------------------------------
@@ -222,23 +255,39 @@ def test_tile_spans_cover_the_image_on_multiples_of_four():
     for n, tile, overlap in [(1000, 256, 32), (300, 256, 32), (257, 64, 16), (129, 64, 0)]:
         spans = tile_spans(n, tile, overlap)
         assert spans[0][0] == 0 and spans[-1][1] == n
-        for (s0, e0), (s1, _) in zip(spans, spans[1:], strict=False):
+        for (s0, e0), (s1, _) in itertools.pairwise(spans):
             assert s1 % 4 == 0 and e0 - s1 >= overlap and s1 > s0
         assert all(e - s <= tile + 3 for s, e in spans)
         for i in range(len(spans)):
             w = feather_weights(spans, i)
-            assert len(w) == spans[i][1] - spans[i][0] and w.min() > 0 and w.max() == 1
+            assert len(w) == spans[i][1] - spans[i][0] and w.min() > 0
 
 
 def test_tiled_matches_untiled_on_a_mid_size_image(stylizer):
+    # Within the thumbnail budget the statistics are exact; what is left are tile-border
+    # effects, small when the overlap is comparable to the network's receptive field.
     x = pil_to_tensor(photo(301, 203)).unsqueeze(0)
     full = stylizer.stylize_tensor(x)
-    tiled = stylizer.stylize_tensor(x, tile=96, overlap=16)
-    assert (tiled - full).abs().max() < 0.05
-    assert (tiled - full).abs().mean() < 2e-3
+    tiled = stylizer.stylize_tensor(x, tile=128, overlap=32)
+    assert (tiled - full).abs().max() < 0.06
+    assert (tiled - full).abs().mean() < 1e-3
     img = photo(301, 203)
-    a, b = _arr(stylizer.stylize_image(img)), _arr(stylizer.stylize_image(img, tile=96, overlap=16))
-    assert np.abs(a - b).mean() < 1.0  # 8-bit levels
+    a, b = (
+        _arr(stylizer.stylize_image(img)),
+        _arr(stylizer.stylize_image(img, tile=128, overlap=32)),
+    )
+    assert np.abs(a - b).mean() < 0.5  # 8-bit levels
+
+
+@pytest.mark.skipif(not onnxruntime_available(), reason="onnxruntime not installed")
+def test_tiled_onnxruntime_matches_tiled_pytorch(stylizer):
+    """ONNX Runtime runs the tiles with the frozen statistics as a graph input."""
+    ort = Stylizer(tiny_net(), device="cpu", backend="onnxruntime", stats_pixels=96 * 64)
+    eager = Stylizer(tiny_net(), device="cpu", backend="eager", stats_pixels=96 * 64)
+    x = pil_to_tensor(photo(150, 101)).unsqueeze(0)
+    a = ort.stylize_tensor(x, tile=64, overlap=16, preserve_color=True)
+    b = eager.stylize_tensor(x, tile=64, overlap=16, preserve_color=True)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
 
 
 def _naive_tiles(s: Stylizer, x: torch.Tensor, tile: int) -> torch.Tensor:
@@ -257,8 +306,8 @@ def _seam_step(y: torch.Tensor, cols: list[int]) -> float:
 
 
 def test_thumbnail_statistics_leave_no_seams():
-    # The statistics pass sees a 4× smaller thumbnail here; tiles still share one normalisation.
-    s = Stylizer(tiny_net(), device="cpu", backend="eager", stats_pixels=64 * 48)
+    # The statistics pass sees a 2× smaller thumbnail here; tiles still share one normalisation.
+    s = Stylizer(tiny_net(), device="cpu", backend="eager", stats_pixels=128 * 96)
     x = pil_to_tensor(photo(256, 192, seed=3)).unsqueeze(0)
     full = s.stylize_tensor(x)
     tiled = s.stylize_tensor(x, tile=64, overlap=16)
@@ -270,16 +319,17 @@ def test_thumbnail_statistics_leave_no_seams():
 
 
 def test_network_input_stays_bounded_as_the_image_grows():
-    s = Stylizer(tiny_net(), device="cpu", backend="eager", stats_pixels=128 * 128)
+    s = Stylizer(tiny_net(), device="cpu", backend="eager", stats_pixels=96 * 96)
     sizes: list[tuple[int, ...]] = []
-    hook = s.net.register_forward_pre_hook(lambda _m, args: sizes.append(tuple(args[0].shape)))
+    hook = s.deploy.register_forward_pre_hook(lambda _m, args: sizes.append(tuple(args[0].shape)))
     try:
-        for w, h in [(300, 200), (700, 500)]:
+        for w, h in [(200, 150), (450, 330)]:
             sizes.clear()
-            out = s.stylize_image(photo(w, h), tile=128, overlap=16, preserve_color=True)
+            out = s.stylize_image(photo(w, h), tile=96, overlap=16, preserve_color=True)
             assert out.size == (w, h)
-            assert max(max(sz[-2:]) for sz in sizes) <= 128 + 3
-            assert max(sz[-1] * sz[-2] for sz in sizes) <= 128 * 128
+            thumb, tiles = sizes[0], sizes[1:]  # the statistics pass runs first
+            assert thumb[-1] * thumb[-2] <= 1.1 * 96 * 96 and len(tiles) > 1  # (padded to 4)
+            assert max(max(sz[-2:]) for sz in tiles) <= 96 + 4  # last tile ≤ tile + 3, padded to 4
     finally:
         hook.remove()
 
@@ -290,7 +340,7 @@ from PIL import Image
 from fast_style.inference import Stylizer
 from tests._stylize_helpers import photo, tiny_net
 torch.set_num_threads(2)
-s = Stylizer(tiny_net(channels=(16, 32, 64)), device="cpu", backend="eager")
+s = Stylizer(tiny_net(channels=(16, 32, 64)), device="cpu", backend="eager", stats_pixels=256 * 256)
 img = photo(64, 64).resize((int(sys.argv[1]), int(sys.argv[1])))
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 s.stylize_image(img, tile=256, overlap=32)
@@ -300,13 +350,19 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)
 
 @pytest.mark.slow
 def test_peak_memory_stays_bounded_as_the_image_grows():
-    """Peak RSS over the run, for a 1 MP and a 4 MP image: the growth must be about the 8-bit
-    image buffers (~10 B/pixel), not the network's activations (~1 kB/pixel for this width)."""
+    """Peak RSS over the run, for a 0.6 MP and a 2.4 MP image: the growth must be about the
+    8-bit image buffers (~10 B/pixel), not the network's activations (~1 kB/pixel here)."""
     peaks = {}
-    for side in (1024, 2048):
-        proc = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(side)], cwd=PROJECT_ROOT,
-                              capture_output=True, text=True, timeout=300, check=True)
+    for side in (768, 1536):
+        proc = subprocess.run(
+            [sys.executable, "-c", _RSS_SCRIPT, str(side)],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
         peaks[side] = int(proc.stdout.split()[-1]) / 1024  # MB
-    growth = peaks[2048] - peaks[1024]
-    extra_pixels = 2048**2 - 1024**2
+    growth = peaks[1536] - peaks[768]
+    extra_pixels = 1536**2 - 768**2
     assert growth < 60 * extra_pixels / 1e6, json.dumps(peaks)  # < 60 bytes per added pixel

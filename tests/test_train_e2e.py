@@ -30,7 +30,7 @@ def _step(ckpt):
 
 def test_smoke_run_writes_checkpoints_and_model(smoke_run):
     assert (smoke_run / "checkpoints" / "last.ckpt").is_file()
-    assert (smoke_run / "checkpoints" / "step=000003.ckpt").is_file()  # periodic
+    assert (smoke_run / "checkpoints" / "step_000003.ckpt").is_file()  # periodic
     assert _step(smoke_run / "checkpoints" / "last.ckpt") == 6
     assert (smoke_run / ".hydra" / "config.yaml").is_file()  # everything under the run dir
     exported = smoke_run / "starry_night.safetensors"
@@ -90,7 +90,7 @@ def test_interrupt_saves_last_checkpoint_and_says_how_to_resume(tmp_path, vgg_we
         text=True,
     )
     deadline = time.time() + 180
-    while not (run / "checkpoints" / "step=000002.ckpt").exists():
+    while not (run / "checkpoints" / "step_000002.ckpt").exists():
         assert proc.poll() is None and time.time() < deadline, "training did not start"
         time.sleep(0.2)
     time.sleep(1.0)

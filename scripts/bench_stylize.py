@@ -1,0 +1,327 @@
+"""Benchmark stylisation latency: model widths × backends × image sizes, on CPU or GPU.
+
+    python scripts/bench_stylize.py                 # full table (several minutes on a 2-core CPU)
+    python scripts/bench_stylize.py --quick         # 256² and 512² only, fewer repeats
+    python scripts/bench_stylize.py --int8 --model checkpoints/starry_night.safetensors
+
+Prints a Markdown table of the median latency (batch 1, one image) and images/s, and writes the
+same rows as JSON (``--json``, default ``outputs/bench_stylize.json``). Backends:
+
+* ``eager``: PyTorch ``TransformerNet`` as trained, NCHW (the baseline);
+* ``deploy``: PyTorch ``fast_style.export.DeployNet`` (the same function re-parameterised:
+  sub-pixel decoder, row-split output conv), NCHW;
+* ``channels_last``: ``DeployNet`` with channels_last tensors (``Stylizer``'s PyTorch path);
+* ``compile``: ``torch.compile`` of the channels_last ``DeployNet``; each new shape compiles
+  for minutes on a 2-core CPU, so on CPU it is timed at ``--compile-sizes`` only (512²);
+* ``onnxruntime``: the model exported by ``fast_style.export``, ONNX Runtime with all graph
+  optimisations (on CPU this is ``Stylizer``'s default backend);
+* ``ort-int8`` (``--int8``): ONNX Runtime static int8 quantisation (QDQ, per-channel weights),
+  calibrated on photos, with its PSNR against fp32 on held-out photos;
+* on GPU also ``fp16``/``bf16`` autocast (``--half``).
+
+Weights are random unless ``--model`` is given (latency does not depend on them; the int8 PSNR
+does, so give a trained model for that). Speed targets (docs/benchmarks.md): on the 2-core
+AVX2 reference CPU, 512² full width ≤ 0.60 s, slim ≤ 0.15 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fast_style.export import DeployNet, to_onnx_bytes
+from fast_style.imaging import list_images, load_rgb, pil_to_tensor, resize_long_side
+from fast_style.model_io import load_model
+from fast_style.transformer import TransformerNet
+
+REPO = Path(__file__).resolve().parents[1]
+WIDTHS = {"full": (32, 64, 128), "slim": (16, 32, 64)}
+SIZES = {"256²": (256, 256), "512²": (512, 512), "1024²": (1024, 1024), "1920×1080": (1080, 1920)}
+CPU_BACKENDS = ("eager", "deploy", "channels_last", "compile", "onnxruntime")
+GPU_BACKENDS = ("eager", "deploy", "channels_last", "compile", "fp16", "bf16")
+PHOTOS = REPO.parent / "shared" / "data" / "eval" / "kodak24"
+
+Runner = Callable[[torch.Tensor], object]
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def ort_session(onnx_bytes: bytes, threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+
+
+def make_runner(backend: str, net: TransformerNet, device: torch.device, threads: int) -> Runner:
+    """A callable running one forward pass of (B, 3, H, W) in [0, 1] with ``backend``."""
+    if backend in ("onnxruntime", "ort-int8"):
+        session = ort_session(
+            to_onnx_bytes(net) if backend == "onnxruntime" else quantize_int8(net), threads
+        )
+        name = session.get_inputs()[0].name
+        return lambda x: session.run(None, {name: x.numpy()})[0]
+    model = (net if backend == "eager" else DeployNet(net)).to(device).eval()
+    cl = backend not in ("eager", "deploy")
+    if cl:
+        model = model.to(memory_format=torch.channels_last)
+    if backend == "compile":
+        model = torch.compile(model)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(backend)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device)
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(device.type, dtype, enabled=dtype is not None):
+            y = model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return y
+
+    return run
+
+
+def time_runner(run: Runner, shape: tuple[int, int], repeats: int, warmup: int) -> list[float]:
+    x = torch.rand(1, 3, *shape)
+    for _ in range(warmup):
+        run(x)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run(x)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+# --- int8 ---------------------------------------------------------------------------------
+
+
+def photos(n: int, long_side: int, skip: int = 0) -> list[torch.Tensor]:
+    """Calibration/evaluation photos: Kodak from ../shared if present, else synthetic ones."""
+    if PHOTOS.is_dir():
+        files = list_images(PHOTOS)[skip : skip + n]
+        return [pil_to_tensor(resize_long_side(load_rgb(f), long_side))[None] for f in files]
+    g = torch.Generator().manual_seed(skip)
+    small = [torch.rand(1, 3, 6, 8, generator=g) for _ in range(n)]
+    return [
+        torch.nn.functional.interpolate(s, (long_side * 3 // 4, long_side), mode="bicubic").clamp(
+            0, 1
+        )
+        for s in small
+    ]
+
+
+def quantize_int8(net: TransformerNet, calib: int = 16, size: int = 256) -> bytes:
+    """Static int8 QDQ quantisation with ONNX Runtime (per-channel int8 weights, uint8
+    activations, MinMax calibration on ``calib`` photos). The first and the last conv (the
+    image in, the image out: the most sensitive layers) stay in fp32; quantising them too
+    cost 2 dB PSNR for little speed."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    data = [x.numpy() for x in photos(calib, size)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(data)
+
+        def get_next(self):
+            x = next(self.it, None)
+            return None if x is None else {"image": x}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, pre, q = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
+        fp32.write_bytes(to_onnx_bytes(net))
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        convs = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv"]
+        quantize_static(
+            str(pre),
+            str(q),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["Conv"],
+            nodes_to_exclude=[convs[0], convs[-1]],
+        )
+        return q.read_bytes()
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((np.clip(a, 0, 1) - np.clip(b, 0, 1)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+
+
+def int8_quality(net: TransformerNet, threads: int, n: int = 8, size: int = 512) -> float:
+    """Mean PSNR (dB) of int8 against fp32 ONNX Runtime on ``n`` held-out photos."""
+    fp32 = ort_session(to_onnx_bytes(net), threads)
+    int8 = ort_session(quantize_int8(net), threads)
+    scores = []
+    for x in photos(n, size, skip=16):  # not the calibration photos
+        a = fp32.run(None, {"image": x.numpy()})[0]
+        b = int8.run(None, {"image": x.numpy()})[0]
+        scores.append(psnr(a, b))
+    return statistics.mean(scores)
+
+
+# --- main ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="256² and 512² only, 3 repeats")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--widths", default="full,slim", help="comma list of: full, slim")
+    p.add_argument("--backends", default=None, help="comma list (default: all for the device)")
+    p.add_argument("--sizes", default=None, help=f"comma list of: {', '.join(SIZES)}")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per cell (default 7)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    p.add_argument("--model", default=None, help="use this model's weights (and width)")
+    p.add_argument("--int8", action="store_true", help="add ONNX Runtime int8 and its PSNR")
+    p.add_argument("--compile-sizes", default="512²", help="sizes timed with torch.compile on CPU")
+    p.add_argument("--json", default=str(REPO / "outputs" / "bench_stylize.json"))
+    return p
+
+
+def _net(width: str, model: str | None) -> TransformerNet:
+    if model:
+        return load_model(model, "cpu")[0]
+    torch.manual_seed(0)
+    return TransformerNet(WIDTHS[width]).eval()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
+    threads = args.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    gpu = device.type == "cuda"
+    default = GPU_BACKENDS if gpu else CPU_BACKENDS
+    backends = args.backends.split(",") if args.backends else list(default)
+    if args.int8 and not gpu:
+        backends.append("ort-int8")
+    quick_sizes = ["256²", "512²"]
+    sizes = args.sizes.split(",") if args.sizes else (quick_sizes if args.quick else list(SIZES))
+    repeats = args.repeats or (3 if args.quick else 7)
+    if args.model:
+        widths = [str(load_model(args.model)[1].get("width") or "model")]
+    else:
+        widths = args.widths.split(",")
+    rows = []
+    for width in widths:
+        for backend in backends:
+            try:
+                run = make_runner(backend, _net(width, args.model), device, threads)
+            except Exception as e:  # a missing optional backend is reported, not fatal
+                msg = str(e).splitlines()[0][:120] if str(e) else ""
+                print(f"skip {width}/{backend}: {type(e).__name__}: {msg}", file=sys.stderr)
+                continue
+            for size in sizes:
+                if backend == "compile" and not gpu and size not in args.compile_sizes.split(","):
+                    continue
+                warmup = 2 if backend == "compile" else 1
+                times = time_runner(run, SIZES[size], repeats, warmup)
+                med = statistics.median(times)
+                rows.append(
+                    {
+                        "width": width,
+                        "backend": backend,
+                        "size": size,
+                        "median_s": round(med, 4),
+                        "images_per_s": round(1 / med, 2),
+                    }
+                )
+                print(
+                    f"{width:>5} {backend:<14} {size:>10} {med * 1e3:8.1f} ms {1 / med:7.2f} img/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    quality = {}
+    if args.int8 and not gpu:
+        for width in widths:
+            quality[width] = round(int8_quality(_net(width, args.model), threads), 2)
+    env = {
+        "device": torch.cuda.get_device_name(device) if gpu else cpu_name(),
+        "threads": threads,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "onnxruntime": _version("onnxruntime"),
+        "load_average": _loadavg(),
+        "weights": args.model or "random",
+    }
+    print_table(rows, sizes, env, quality)
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"env": env, "rows": rows, "int8_psnr_db": quality}, indent=2))
+    print(f"\nwrote {out}")
+    return 0
+
+
+def print_table(rows: list[dict], sizes: list[str], env: dict, quality: dict) -> None:
+    print(
+        f"\n{env['device']}, {env['threads']} threads, torch {env['torch']}, "
+        f"onnxruntime {env['onnxruntime']}, load average {env['load_average']}\n"
+    )
+    print("| width | backend | " + " | ".join(f"{s} s (img/s)" for s in sizes) + " |")
+    print("|---|---|" + "---|" * len(sizes))
+    keys = dict.fromkeys((r["width"], r["backend"]) for r in rows)
+    for width, backend in keys:
+        cells = []
+        for s in sizes:
+            key = (width, backend, s)
+            r = next((r for r in rows if (r["width"], r["backend"], r["size"]) == key), None)
+            cells.append(f"{r['median_s']:.3f} ({r['images_per_s']:.2f})" if r else "-")
+        print(f"| {width} | {backend} | " + " | ".join(cells) + " |")
+    for width, db in quality.items():
+        print(f"\nint8 ({width}): PSNR against fp32 = {db:.2f} dB (mean over held-out photos)")
+
+
+def _version(module: str) -> str | None:
+    try:
+        return __import__(module).__version__
+    except ImportError:
+        return None
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,9 +20,15 @@ from pathlib import Path
 
 from PIL import Image
 
+from fast_style.config import PROJECT_ROOT
 from fast_style.imaging import IMAGE_EXTENSIONS, ImageReadError, list_images, open_image, save_image
 from fast_style.inference import BACKENDS, DEFAULT_MODEL_DIRS, Stylizer
 from fast_style.model_io import ModelFileError, find_models, read_checkpoint, read_safetensors
+
+# Built-in defaults: `python stylize.py` alone stylizes a shipped photo with a shipped model.
+DEFAULT_MODEL = "starry_night_cpu_demo"
+DEFAULT_INPUT = PROJECT_ROOT / "assets" / "photos" / "kodim23.jpg"
+DEFAULT_OUTPUT = Path("outputs") / "stylized" / "kodim23.jpg"
 
 OUTPUT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
 
@@ -40,9 +46,24 @@ def build_parser() -> argparse.ArgumentParser:
         prog="stylize.py",
         description="Stylise photos, folders and huge images with a trained fast_style model.",
     )
-    p.add_argument("--model", help="a .ckpt, a .safetensors, or a style name in checkpoints/")
-    p.add_argument("--input", nargs="+", metavar="IN", help="files, folders (recursive), globs")
-    p.add_argument("--output", metavar="OUT", help="an image file (one input) or a folder")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"a .ckpt, a .safetensors, or a style name in checkpoints/ (default {DEFAULT_MODEL})",
+    )
+    p.add_argument(
+        "--input",
+        nargs="+",
+        metavar="IN",
+        default=[str(DEFAULT_INPUT)],
+        help="files, folders (recursive), globs (default: the shipped Kodak photo)",
+    )
+    p.add_argument(
+        "--output",
+        metavar="OUT",
+        default=str(DEFAULT_OUTPUT),
+        help=f"an image file (one input) or a folder (default {DEFAULT_OUTPUT})",
+    )
     p.add_argument("--list-models", action="store_true", help="list available models and exit")
     p.add_argument(
         "--models-dir",

@@ -136,20 +136,23 @@ def photos(n: int, long_side: int, skip: int = 0) -> list[torch.Tensor]:
 
 
 def quantize_int8(net: TransformerNet, calib: int = 16, size: int = 256) -> bytes:
-    """Static int8 QDQ quantisation with ONNX Runtime (per-channel int8 weights, uint8
-    activations, MinMax calibration on ``calib`` photos). The first and the last conv (the
-    image in, the image out: the most sensitive layers) stay in fp32; quantising them too
-    cost 2 dB PSNR for little speed."""
+    """Static int8 QDQ quantisation with ONNX Runtime: per-channel int8 weights, uint8
+    activations, percentile calibration on ``size``² crops of ``calib`` photos. The first and
+    the last conv (image in, image out: the most sensitive layers) stay in fp32. The best of
+    the variants tried on the trained demo model: MinMax 32.4 dB, entropy 32.4 dB, percentile
+    35.1 dB mean PSNR; quantising the first and last convs as well cost another 2 dB."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
+        CalibrationMethod,
         QuantFormat,
         QuantType,
         quantize_static,
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    data = [x.numpy() for x in photos(calib, size)]
+    # Histogram calibrations need equally sized inputs: centre crops.
+    data = [_centre_crop(x, size).numpy() for x in photos(calib, size * 3 // 2)]
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -174,8 +177,15 @@ def quantize_int8(net: TransformerNet, calib: int = 16, size: int = 256) -> byte
             weight_type=QuantType.QInt8,
             op_types_to_quantize=["Conv"],
             nodes_to_exclude=[convs[0], convs[-1]],
+            calibrate_method=CalibrationMethod.Percentile,
         )
         return q.read_bytes()
+
+
+def _centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    y, x0 = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return x[..., y : y + size, x0 : x0 + size].contiguous()
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -271,6 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "backend": backend,
                         "size": size,
                         "median_s": round(med, 4),
+                        "min_s": round(min(times), 4),
                         "images_per_s": round(1 / med, 2),
                     }
                 )

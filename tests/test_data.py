@@ -55,7 +55,8 @@ def test_unreadable_files_are_skipped_with_one_counting_warning(folder):
 
 
 def test_training_samples_are_rgb_crops_in_range(folder):
-    files = scan_images(list_images(folder), folder)
+    with pytest.warns(UnreadableImagesWarning):
+        files = scan_images(list_images(folder), folder)
     ds = ImageFolderDataset(files, image_size=24, train=True)
     for i in range(len(ds)):
         x = ds[i]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,10 @@ class DataConfig:
     pin_memory: bool = True
     num_val: int = 16
     val_size: int = 256
+    # Decode the whole training set once into GPU memory (uint8, ``cache_size`` px squares) and
+    # crop/flip there: no loader workers, no host-to-device copies. Small datasets only.
+    gpu_cache: bool = False
+    cache_size: int | None = None  # stored square side; None: image_size (flips only)
 
 
 @dataclass
@@ -80,6 +84,13 @@ class RunConfig:
     checkpoint_every_n_steps: int = 1000
     num_grid_images: int = 4
     export_dtype: str = "float32"  # float32 | float16 | bfloat16
+    compile: bool = False  # torch.compile the transform net(s) and the loss network
+    channels_last: bool = False  # NHWC tensors for the nets (faster convolutions on GPUs)
+    progress_every: int = 1  # progress-bar refresh in steps; each refresh syncs with the GPU
+    time_budget_min: float | None = None  # lower max_steps to fit this many minutes of training
+    # Fine-tune: start each style's network from <init_dir>/<style name>.safetensors (or .ckpt)
+    # instead of random weights (a fresh optimizer and schedule; resuming is ckpt_path's job).
+    init_dir: str | None = None
 
 
 @dataclass
@@ -93,6 +104,18 @@ class TrainSettings:
     trainer: dict[str, Any]
     seed: int | None
     ckpt_path: str | None
+    # Every style trained in this run: ``[style]`` unless the config's ``styles`` list names
+    # several (they share each batch's loss-network pass over the content images).
+    styles: list[StyleConfig] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.styles:
+            self.styles = [self.style]
+
+    def for_style(self, index: int) -> TrainSettings:
+        """These settings as if only style ``index`` had been trained (an exported model's)."""
+        s = self.styles[index]
+        return replace(self, style=s, styles=[s])
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable form (stored in checkpoints and exported models)."""
@@ -107,7 +130,8 @@ _SECTIONS = {
     "optim": OptimConfig,
     "train": RunConfig,
 }
-_TOP_LEVEL = {*_SECTIONS, "trainer", "seed", "ckpt_path"}
+_TOP_LEVEL = {*_SECTIONS, "trainer", "seed", "ckpt_path", "styles"}
+STYLE_DIR = Path(__file__).resolve().parents[1] / "conf" / "style"
 
 
 def _suggest(key: str, options: list[str]) -> str:
@@ -155,24 +179,53 @@ def validate(cfg: DictConfig) -> TrainSettings:
                 f"config error: unknown key 'trainer.{key}' (not a pl.Trainer argument)"
                 f"{_suggest(key, allowed)}"
             )
+    styles = [load_style(entry, i) for i, entry in enumerate(cfg.get("styles") or [])]
+    if styles:
+        parts["style"] = styles[0]
     settings = TrainSettings(
-        **parts, trainer=trainer, seed=cfg.get("seed"), ckpt_path=cfg.get("ckpt_path")
+        **parts,
+        trainer=trainer,
+        seed=cfg.get("seed"),
+        ckpt_path=cfg.get("ckpt_path"),
+        styles=styles,
     )
     _check_values(settings)
     return settings
+
+
+def load_style(entry: Any, index: int = 0) -> StyleConfig:
+    """One ``styles`` entry: a name from ``conf/style/``, a YAML file, or an inline mapping."""
+    prefix = f"styles[{index}]"
+    if isinstance(entry, DictConfig | dict):
+        return _section(StyleConfig, entry, prefix)
+    path = Path(str(entry)).expanduser()
+    if path.suffix not in (".yaml", ".yml"):
+        path = STYLE_DIR / f"{entry}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in STYLE_DIR.glob("*.yaml"))
+        raise ConfigError(
+            f"config error: {prefix}: no style config {str(entry)!r}{_suggest(str(entry), known)}"
+        )
+    cfg = OmegaConf.load(path)
+    cfg.pop("defaults", None)
+    return _section(StyleConfig, cfg, prefix)
 
 
 def _check_values(s: TrainSettings) -> None:
     from fast_style.loss.vgg import layer_names
 
     taps = layer_names(s.loss.network)
-    for group in ("content_layers", "style_layers"):
-        for tap in getattr(s.style, group):
-            if tap not in taps:
-                raise ConfigError(
-                    f"config error: style.{group}.{tap}: not a {s.loss.network} layer"
-                    f"{_suggest(tap, taps)}"
-                )
+    for style in s.styles:
+        for group in ("content_layers", "style_layers"):
+            for tap in getattr(style, group):
+                if tap not in taps:
+                    raise ConfigError(
+                        f"config error: style.{group}.{tap}: not a {s.loss.network} layer"
+                        f"{_suggest(tap, taps)}"
+                    )
+    names = [st.name for st in s.styles]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"config error: styles: names must be unique, got {names}")
     if len(s.model.channels) != 3:
         raise ConfigError(f"config error: model.channels needs 3 widths, got {s.model.channels}")
     if s.optim.scheduler not in ("constant", "cosine"):

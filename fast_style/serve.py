@@ -59,9 +59,7 @@ try:
     from fastapi.staticfiles import StaticFiles
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as e:  # pragma: no cover - depends on the installed extras
-    raise ImportError(
-        "fast_style.serve needs FastAPI: pip install 'fast_style[serve]'"
-    ) from e
+    raise ImportError("fast_style.serve needs FastAPI: pip install 'fast_style[serve]'") from e
 
 log = logging.getLogger("fast_style.serve")
 
@@ -140,8 +138,16 @@ class StyleEntry:
 
     def public_meta(self) -> dict[str, Any]:
         """Metadata safe to show: no local paths beyond the painting's file name."""
-        keys = ("style", "width", "channels", "num_residual", "dtype", "created",
-                "fast_style_version", "global_step")
+        keys = (
+            "style",
+            "width",
+            "channels",
+            "num_residual",
+            "dtype",
+            "created",
+            "fast_style_version",
+            "global_step",
+        )
         out = {k: self.meta[k] for k in keys if k in self.meta}
         painting = self.painting()
         out["painting"] = painting.name if painting else None
@@ -154,8 +160,9 @@ class ModelRegistry:
     """The models in one folder. The folder is rescanned when styles are listed (metadata is
     cached per file version); each model is loaded on its first use, once, and cached."""
 
-    def __init__(self, folder: Path, device: str = "auto", backend: str = "auto",
-                 half: bool | str = False):
+    def __init__(
+        self, folder: Path, device: str = "auto", backend: str = "auto", half: bool | str = False
+    ):
         self.folder, self.device, self.backend, self.half = folder, device, backend, half
         self._meta: dict[tuple[Path, int, int], dict[str, Any] | None] = {}
         self._loaded: dict[str, tuple[tuple[Path, int, int], Stylizer]] = {}
@@ -206,9 +213,13 @@ class ModelRegistry:
         metadata and whether the model is loaded."""
         loaded = set(self._loaded)
         return [
-            {"name": e.name, "style": e.meta.get("style", e.name),
-             "thumbnail": f"/api/styles/{quote(e.name)}/thumbnail" if e.painting() else None,
-             "metadata": e.public_meta(), "loaded": e.name in loaded}
+            {
+                "name": e.name,
+                "style": e.meta.get("style", e.name),
+                "thumbnail": f"/api/styles/{quote(e.name)}/thumbnail" if e.painting() else None,
+                "metadata": e.public_meta(),
+                "loaded": e.name in loaded,
+            }
             for e in self.entries().values()
         ]
 
@@ -221,10 +232,16 @@ class ModelRegistry:
             cached = self._loaded.get(entry.name)
             if cached is None or cached[0] != key:
                 t0 = time.perf_counter()
-                model = Stylizer(entry.path, device=self.device, half=self.half,
-                                 backend=self.backend)
-                log.info("loaded %s on %s (%s) in %.1f s", entry.name, model.device,
-                         model.backend, time.perf_counter() - t0)
+                model = Stylizer(
+                    entry.path, device=self.device, half=self.half, backend=self.backend
+                )
+                log.info(
+                    "loaded %s on %s (%s) in %.1f s",
+                    entry.name,
+                    model.device,
+                    model.backend,
+                    time.perf_counter() - t0,
+                )
                 self._loaded[entry.name] = (key, model)
             return self._loaded[entry.name][1]
 
@@ -333,8 +350,12 @@ class AdmissionMiddleware:
             return
         if not self.limiter.admit():
             await _drain(receive, DRAIN_FACTOR * limit)
-            busy = error_response(503, "server busy: too many requests at once, retry shortly",
-                                  {"queue": self.limiter.limits.queue}, **{"Retry-After": "2"})
+            busy = error_response(
+                503,
+                "server busy: too many requests at once, retry shortly",
+                {"queue": self.limiter.limits.queue},
+                **{"Retry-After": "2"},
+            )
             await busy(scope, receive, send)
             return
         try:
@@ -342,8 +363,9 @@ class AdmissionMiddleware:
         finally:
             self.limiter.release()
 
-    async def _call_counted(self, scope: dict, receive: Callable, send: Callable,
-                            limit: int) -> None:
+    async def _call_counted(
+        self, scope: dict, receive: Callable, send: Callable, limit: int
+    ) -> None:
         state = {"bytes": 0, "over": False, "started": False, "more": True}
 
         async def counted_receive() -> dict:
@@ -391,7 +413,8 @@ def human_size(n: int) -> str:
 
 def _too_large(size: int, limit: int) -> JSONResponse:
     return error_response(
-        413, f"upload too large: the limit is {human_size(limit)}",
+        413,
+        f"upload too large: the limit is {human_size(limit)}",
         {"limit_bytes": limit, "received_bytes": size},
     )
 
@@ -441,8 +464,11 @@ def mask_to_l(mask: Image.Image, size: tuple[int, int]) -> Image.Image:
         m = Image.composite(m, Image.new("L", m.size, 0), alpha)
     (mw, mh), (w, h) = m.size, size
     if abs(mw * h - mh * w) > 0.02 * w * mh:
-        raise ApiError(422, f"mask is {mw}x{mh} but the image is {w}x{h}: aspect ratios differ",
-                       {"mask_size": [mw, mh], "image_size": [w, h]})
+        raise ApiError(
+            422,
+            f"mask is {mw}x{mh} but the image is {w}x{h}: aspect ratios differ",
+            {"mask_size": [mw, mh], "image_size": [w, h]},
+        )
     return m
 
 
@@ -453,9 +479,13 @@ def run_job(registry: ModelRegistry, entry: StyleEntry, job: Job) -> Image.Image
     except (ModelFileError, ValueError) as e:
         raise ApiError(500, f"model {entry.name!r} could not be loaded", str(e)) from None
     try:
-        return model.stylize_image(job.image, strength=job.strength,
-                                   preserve_color=job.preserve_color, max_size=job.max_side,
-                                   mask=job.mask)
+        return model.stylize_image(
+            job.image,
+            strength=job.strength,
+            preserve_color=job.preserve_color,
+            max_size=job.max_side,
+            mask=job.mask,
+        )
     except ValueError as e:
         raise ApiError(422, str(e)) from None
     except MemoryError:
@@ -482,8 +512,11 @@ async def read_limited(upload: UploadFile, limit: int, name: str) -> bytes:
     """The upload's bytes; 413 above ``limit``."""
     data = await upload.read(limit + 1)
     if len(data) > limit:
-        raise ApiError(413, f"{name}: upload too large: the limit is {human_size(limit)}",
-                       {"limit_bytes": limit})
+        raise ApiError(
+            413,
+            f"{name}: upload too large: the limit is {human_size(limit)}",
+            {"limit_bytes": limit},
+        )
     return data
 
 
@@ -499,8 +532,10 @@ def download_name(filename: str | None, style: str, fmt: str) -> str:
 
 def _validation_response(_request: Request, exc: RequestValidationError) -> JSONResponse:
     details = [
-        {"field": ".".join(str(p) for p in err.get("loc", ())[1:]) or "request",
-         "message": err.get("msg", "invalid")}
+        {
+            "field": ".".join(str(p) for p in err.get("loc", ())[1:]) or "request",
+            "message": err.get("msg", "invalid"),
+        }
         for err in exc.errors()
     ]
     summary = "; ".join(f"{d['field']}: {d['message']}" for d in details)
@@ -544,8 +579,12 @@ def create_app(
         yield
         limiter.pool.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="fast_style", version=_version(), lifespan=lifespan,
-                  description="Fast neural style transfer: stylise a photo with a trained model.")
+    app = FastAPI(
+        title="fast_style",
+        version=_version(),
+        lifespan=lifespan,
+        description="Fast neural style transfer: stylise a photo with a trained model.",
+    )
     app.state.registry, app.state.limiter, app.state.limits = registry, limiter, limits
     app.state.run_job = run_job  # tests may wrap it
     _install_error_handlers(app)
@@ -569,70 +608,93 @@ def _add_page_routes(app: FastAPI) -> None:
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
 
 
-def _add_api_routes(app: FastAPI, registry: ModelRegistry, limiter: Limiter, limits: Limits,
-                    device: str) -> None:
+def _add_api_routes(
+    app: FastAPI, registry: ModelRegistry, limiter: Limiter, limits: Limits, device: str
+) -> None:
     device_type = resolve_device(device).type
 
     @app.get("/healthz", summary="Liveness and load")
     async def healthz() -> dict[str, Any]:
         entries = await asyncio.to_thread(registry.entries)
-        return {"status": "ok", "device": device_type, "styles": len(entries),
-                "loaded": registry.loaded(), "in_flight": limiter.in_flight,
-                "queue": limits.queue}
+        return {
+            "status": "ok",
+            "device": device_type,
+            "styles": len(entries),
+            "loaded": registry.loaded(),
+            "in_flight": limiter.in_flight,
+            "queue": limits.queue,
+        }
 
     @app.get("/api/styles", summary="Every style: name, thumbnail URL and metadata")
     async def styles() -> dict[str, Any]:
         items = await asyncio.to_thread(registry.listing)
         return {"styles": items, "limits": limits.public(), "device": device_type}
 
-    @app.get("/api/styles/{name}/thumbnail", summary="A JPEG thumbnail of the painting",
-             response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
+    @app.get(
+        "/api/styles/{name}/thumbnail",
+        summary="A JPEG thumbnail of the painting",
+        response_class=Response,
+        responses={200: {"content": {"image/jpeg": {}}}},
+    )
     async def thumbnail(name: str) -> Response:
         entry = await asyncio.to_thread(registry.get, name)
         data = await asyncio.to_thread(registry.thumbnail, entry)
         if data is None:
             raise ApiError(404, f"no painting found for style {name!r}")
-        return Response(data, media_type="image/jpeg",
-                        headers={"Cache-Control": "public, max-age=3600"})
+        return Response(
+            data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=3600"}
+        )
 
     app.post(
-        "/api/stylize", summary="Stylise an image", response_class=Response,
-        responses={200: {"content": {m: {} for m in MIME.values()}},
-                   **{c: {"description": d} for c, d in _ERRORS.items()}},
+        "/api/stylize",
+        summary="Stylise an image",
+        response_class=Response,
+        responses={
+            200: {"content": {m: {} for m in MIME.values()}},
+            **{c: {"description": d} for c, d in _ERRORS.items()},
+        },
     )(_stylize_endpoint(app, registry, limiter, limits))
 
 
 _ERRORS = {
-    400: "corrupt image", 404: "unknown style", 413: "upload or pixel count too large",
-    415: "not an image", 422: "bad parameters", 503: "server busy (retry later)",
+    400: "corrupt image",
+    404: "unknown style",
+    413: "upload or pixel count too large",
+    415: "not an image",
+    422: "bad parameters",
+    503: "server busy (retry later)",
 }
 
 
-def _stylize_endpoint(app: FastAPI, registry: ModelRegistry, limiter: Limiter,
-                      limits: Limits) -> Callable[..., Awaitable[Response]]:
+def _stylize_endpoint(
+    app: FastAPI, registry: ModelRegistry, limiter: Limiter, limits: Limits
+) -> Callable[..., Awaitable[Response]]:
     async def stylize(
         image: Annotated[UploadFile, File(description="the photo (JPEG, PNG, WebP, …)")],
         style: Annotated[str, Form(description="a style name from /api/styles")],
-        strength: Annotated[float, Form(ge=0.0, le=1.0, description="0 photo, 1 full style")]
-        = 1.0,
+        strength: Annotated[float, Form(ge=0.0, le=1.0, description="0 photo, 1 full style")] = 1.0,
         preserve_color: Annotated[bool, Form(description="keep the photo's colours")] = False,
-        mask: Annotated[UploadFile | None, File(description="greyscale PNG, white = style")]
-        = None,
-        max_size: Annotated[int | None, Form(ge=8, le=65536,
-                                             description="downscale the long side to this")]
-        = None,
-        format: Annotated[Literal["png", "jpeg", "webp"], Form(description="result format")]
-        = "png",
+        mask: Annotated[UploadFile | None, File(description="greyscale PNG, white = style")] = None,
+        max_size: Annotated[
+            int | None, Form(ge=8, le=65536, description="downscale the long side to this")
+        ] = None,
+        format: Annotated[
+            Literal["png", "jpeg", "webp"], Form(description="result format")
+        ] = "png",
     ) -> Response:
         t0 = time.perf_counter()
         entry = await asyncio.to_thread(registry.get, style)
         side = min(max_size or limits.max_side, limits.max_side)
         async with limiter.image_slot():
             data = await read_limited(image, limits.max_upload_bytes, "image")
-            mask_data = (await read_limited(mask, limits.max_upload_bytes, "mask")
-                         if mask is not None else None)
-            job = await asyncio.to_thread(_decode_job, data, mask_data, limits, strength,
-                                          preserve_color, side)
+            mask_data = (
+                await read_limited(mask, limits.max_upload_bytes, "mask")
+                if mask is not None
+                else None
+            )
+            job = await asyncio.to_thread(
+                _decode_job, data, mask_data, limits, strength, preserve_color, side
+            )
             del data, mask_data
             async with limiter.lane(job.pixels):
                 out = await limiter.run(app.state.run_job, registry, entry, job)
@@ -648,8 +710,14 @@ def _stylize_endpoint(app: FastAPI, registry: ModelRegistry, limiter: Limiter,
     return stylize
 
 
-def _decode_job(data: bytes, mask_data: bytes | None, limits: Limits, strength: float,
-                preserve_color: bool, side: int) -> Job:
+def _decode_job(
+    data: bytes,
+    mask_data: bytes | None,
+    limits: Limits,
+    strength: float,
+    preserve_color: bool,
+    side: int,
+) -> Job:
     img = decode_upload(data, limits, "image")
     mask = mask_to_l(decode_upload(mask_data, limits, "mask"), img.size) if mask_data else None
     return Job(img, mask, strength, preserve_color, side)
@@ -665,32 +733,70 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m fast_style.serve",
         description="Serve a web page and a JSON API for stylising photos.",
     )
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--models", default=str(DEFAULT_MODEL_DIRS[0]), metavar="DIR",
-                   help="folder of .safetensors/.ckpt models (default checkpoints/)")
+    p.add_argument(
+        "--models",
+        default=str(DEFAULT_MODEL_DIRS[0]),
+        metavar="DIR",
+        help="folder of .safetensors/.ckpt models (default checkpoints/)",
+    )
     p.add_argument("--device", default="auto", help="auto (GPU when present) | cpu | cuda")
-    p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="auto: ONNX Runtime on CPU when installed, else PyTorch")
-    p.add_argument("--half", nargs="?", const="fp16", choices=["fp16", "bf16"],
-                   help="half precision on GPU")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="auto: ONNX Runtime on CPU when installed, else PyTorch",
+    )
+    p.add_argument(
+        "--half", nargs="?", const="fp16", choices=["fp16", "bf16"], help="half precision on GPU"
+    )
     g = p.add_argument_group("limits")
-    g.add_argument("--max-upload-mb", type=float, default=d.max_upload_bytes / 2**20,
-                   help=f"largest request body in MB (default {d.max_upload_bytes / 2**20:g})")
-    g.add_argument("--max-pixels", type=int, default=d.max_pixels,
-                   help=f"largest upload in pixels (default {d.max_pixels})")
-    g.add_argument("--max-side", type=int, default=d.max_side,
-                   help=f"long side images are downscaled to (default {d.max_side})")
-    g.add_argument("--workers", type=int, default=d.workers,
-                   help=f"threads running the network (default {d.workers})")
-    g.add_argument("--max-images", type=int, default=d.max_images,
-                   help=f"requests holding an image in memory at once (default {d.max_images})")
-    g.add_argument("--queue", type=int, default=d.queue,
-                   help=f"requests admitted at once; more get 503 (default {d.queue})")
-    g.add_argument("--large-pixels", type=int, default=d.large_pixels,
-                   help="images above this many pixels use at most workers-1 threads, so small "
-                        f"ones keep one (default {d.large_pixels})")
+    g.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=d.max_upload_bytes / 2**20,
+        help=f"largest request body in MB (default {d.max_upload_bytes / 2**20:g})",
+    )
+    g.add_argument(
+        "--max-pixels",
+        type=int,
+        default=d.max_pixels,
+        help=f"largest upload in pixels (default {d.max_pixels})",
+    )
+    g.add_argument(
+        "--max-side",
+        type=int,
+        default=d.max_side,
+        help=f"long side images are downscaled to (default {d.max_side})",
+    )
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=d.workers,
+        help=f"threads running the network (default {d.workers})",
+    )
+    g.add_argument(
+        "--max-images",
+        type=int,
+        default=d.max_images,
+        help=f"requests holding an image in memory at once (default {d.max_images})",
+    )
+    g.add_argument(
+        "--queue",
+        type=int,
+        default=d.queue,
+        help=f"requests admitted at once; more get 503 (default {d.queue})",
+    )
+    g.add_argument(
+        "--large-pixels",
+        type=int,
+        default=d.large_pixels,
+        help="images above this many pixels use at most workers-1 threads, so small "
+        f"ones keep one (default {d.large_pixels})",
+    )
     return p
 
 
@@ -708,11 +814,15 @@ def startup_message(host: str, port: int, models: Path, count: int) -> str:
     shown = f"[{host}]" if ":" in host else host
     lines = [f"fast_style: serving {count} style(s) from {models} at http://{shown}:{port}/"]
     if _is_loopback(host):
-        lines.append(f"  bound to loopback ({host}) only: reachable from this machine, not from "
-                     "others. Use --host 0.0.0.0 to share it on your network.")
+        lines.append(
+            f"  bound to loopback ({host}) only: reachable from this machine, not from "
+            "others. Use --host 0.0.0.0 to share it on your network."
+        )
     else:
-        lines.append(f"  WARNING: bound to {host}, not loopback: anyone who can reach this "
-                     "machine can use it.")
+        lines.append(
+            f"  WARNING: bound to {host}, not loopback: anyone who can reach this "
+            "machine can use it."
+        )
     if count == 0:
         lines.append(f"  no models in {models}: train one (python train.py) or pass --models DIR")
     return "\n".join(lines)
@@ -726,9 +836,15 @@ def main(argv: list[str] | None = None) -> int:
     if not models.is_dir():
         parser.error(f"--models {a.models}: no such folder")
     try:
-        limits = Limits(max_upload_bytes=int(a.max_upload_mb * 2**20), max_pixels=a.max_pixels,
-                        max_side=a.max_side, workers=a.workers, max_images=a.max_images,
-                        queue=a.queue, large_pixels=a.large_pixels)
+        limits = Limits(
+            max_upload_bytes=int(a.max_upload_mb * 2**20),
+            max_pixels=a.max_pixels,
+            max_side=a.max_side,
+            workers=a.workers,
+            max_images=a.max_images,
+            queue=a.queue,
+            large_pixels=a.large_pixels,
+        )
         resolve_device(a.device)
     except ValueError as e:
         parser.error(str(e))

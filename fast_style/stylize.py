@@ -26,7 +26,7 @@ from fast_style.inference import BACKENDS, DEFAULT_MODEL_DIRS, Stylizer
 from fast_style.model_io import ModelFileError, find_models, read_checkpoint, read_safetensors
 
 # Built-in defaults: `python stylize.py` alone stylizes a shipped photo with a shipped model.
-DEFAULT_MODEL = "starry_night_cpu_demo"
+DEFAULT_MODEL = "starry_night"
 DEFAULT_INPUT = PROJECT_ROOT / "assets" / "photos" / "kodim23.jpg"
 DEFAULT_OUTPUT = Path("outputs") / "stylized" / "kodim23.jpg"
 

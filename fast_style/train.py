@@ -8,9 +8,11 @@ Everything a run writes goes under its Hydra run directory (``hydra.run.dir=…`
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,12 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
-from pytorch_lightning.callbacks import Checkpoint, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.callbacks import (
+    Checkpoint,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    TQDMProgressBar,
+)
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from fast_style.config import PROJECT_ROOT, ConfigError, TrainSettings, resolve_path, validate
@@ -56,6 +63,120 @@ class InterruptCheckpoint(Checkpoint):
                 )
 
 
+class ThroughputMonitor(pl.Callback):
+    """Training speed without per-step host synchronisation: the clock is read (after a device
+    sync) only once warm-up is over (compilation, cuDNN autotuning) and at the end. Writes
+    ``throughput.json`` to the run directory and logs ``perf/samples_per_s``."""
+
+    def __init__(self, run_dir: Path, warmup_steps: int = 20):
+        self.path = Path(run_dir) / "throughput.json"
+        self.warmup = warmup_steps
+        self.t_fit = self.t_warm = self.t_val = self.val_seconds = 0.0
+        self.step_warm = 0
+
+    @staticmethod
+    def _sync(pl_module: pl.LightningModule) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.t_fit = time.perf_counter()
+        if pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+    ) -> None:
+        if trainer.global_step == self.warmup:
+            self._sync(pl_module)
+            self.t_warm, self.step_warm = time.perf_counter(), trainer.global_step
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.t_warm and not trainer.sanity_checking:
+            self._sync(pl_module)
+            self.t_val = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.t_val:
+            self._sync(pl_module)
+            self.val_seconds += time.perf_counter() - self.t_val
+            self.t_val = 0.0
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._sync(pl_module)
+        now, steps = time.perf_counter(), trainer.global_step - self.step_warm
+        s = pl_module.settings
+        report = {
+            "steps": trainer.global_step,
+            "batch_size": s.data.batch_size,
+            "styles": len(s.styles),
+            "train_seconds": round(now - self.t_fit, 2),
+            "device": torch.cuda.get_device_name(pl_module.device)
+            if pl_module.device.type == "cuda"
+            else "cpu",
+        }
+        if self.t_warm and steps > 0:
+            seconds = now - self.t_warm - self.val_seconds  # training steps only
+            per_s = steps * s.data.batch_size / seconds
+            report.update(
+                timed_steps=steps,
+                samples_per_s=round(per_s, 1),  # content images per second (all styles)
+                style_samples_per_s=round(per_s * len(s.styles), 1),
+                ms_per_step=round(1000 * seconds / steps, 2),
+                validation_seconds=round(self.val_seconds, 2),
+            )
+        if pl_module.device.type == "cuda":
+            report["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        if trainer.is_global_zero:
+            self.path.write_text(json.dumps(report, indent=1))
+            log.info("throughput: %s", report)
+
+
+class TimeBudget(pl.Callback):
+    """Fit the run into ``minutes`` of training: after ``probe`` steps past warm-up, the step
+    time is measured and ``max_steps`` lowered to what fits (never raised). The cosine
+    schedule reads ``max_steps`` at every step, so it still ends at its floor."""
+
+    def __init__(
+        self,
+        minutes: float,
+        warmup: int = 20,
+        probe: int = 50,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
+        self.budget, self.warmup, self.probe, self.clock = minutes * 60, warmup, probe, clock
+        self.t0 = self.t_warm = 0.0
+        self.first = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.t0 = self.clock()
+        self.first = trainer.global_step
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+    ) -> None:
+        step = trainer.global_step - self.first
+        if step not in (self.warmup, self.warmup + self.probe):
+            return
+        ThroughputMonitor._sync(pl_module)
+        now = self.clock()
+        if step == self.warmup:
+            self.t_warm = now
+            return
+        per_step = (now - self.t_warm) / self.probe
+        # validation (its first pass compiles) and checkpoints cost extra time: keep a margin
+        left = (self.budget - (now - self.t0)) * 0.95 - 30
+        fits = trainer.global_step + int(left / per_step)
+        if trainer.max_steps < 0 or fits < trainer.max_steps:
+            trainer.fit_loop.epoch_loop.max_steps = max(trainer.global_step + 1, fits)
+            log.info(
+                "time budget %.1f min: %.1f ms/step, max_steps set to %d",
+                self.budget / 60,
+                1000 * per_step,
+                trainer.max_steps,
+            )
+
+
 def trainer_kwargs(settings: TrainSettings) -> dict[str, Any]:
     """``pl.Trainer`` arguments; ``precision: auto`` means bf16 on capable GPUs, else fp32."""
     kw = dict(settings.trainer)
@@ -66,16 +187,18 @@ def trainer_kwargs(settings: TrainSettings) -> dict[str, Any]:
 
 
 def train(settings: TrainSettings, run_dir: Path) -> Path | None:
-    """Fit, then export ``<style>.safetensors`` into ``run_dir``; returns its path (rank 0)."""
+    """Fit, then export ``<style>.safetensors`` (one per style) into ``run_dir``; returns the
+    first one's path (rank 0)."""
     if settings.seed is not None:
         pl.seed_everything(settings.seed, workers=True)
+    max_steps = int(settings.trainer.get("max_steps") or 0)
     data = StyleDataModule(settings.data)
     data.setup("fit")
     system = StyleTransferSystem(
         settings, grid_images=data.grid_images(settings.train.num_grid_images)
     )
     ckpt_dir = run_dir / "checkpoints"
-    callbacks = [
+    callbacks: list[pl.Callback] = [
         ModelCheckpoint(
             dirpath=ckpt_dir,
             filename="step_{step:06d}",  # no "=": Hydra overrides must not need quoting
@@ -86,7 +209,13 @@ def train(settings: TrainSettings, run_dir: Path) -> Path | None:
         ),
         InterruptCheckpoint(ckpt_dir),
         LearningRateMonitor(logging_interval="step"),
+        ThroughputMonitor(run_dir, warmup_steps=min(20, max_steps // 4) if max_steps else 20),
     ]
+    if settings.train.time_budget_min:
+        callbacks.append(TimeBudget(settings.train.time_budget_min))
+    kwargs = trainer_kwargs(settings)
+    if kwargs.get("enable_progress_bar", True):
+        callbacks.append(TQDMProgressBar(refresh_rate=settings.train.progress_every))
     logger = TensorBoardLogger(
         save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False
     )
@@ -94,7 +223,7 @@ def train(settings: TrainSettings, run_dir: Path) -> Path | None:
         default_root_dir=str(run_dir),
         logger=logger,
         callbacks=callbacks,
-        **trainer_kwargs(settings),
+        **kwargs,
     )
     ckpt = str(resolve_path(settings.ckpt_path)) if settings.ckpt_path else None
     if ckpt and not Path(ckpt).is_file():
@@ -102,11 +231,15 @@ def train(settings: TrainSettings, run_dir: Path) -> Path | None:
     trainer.fit(system, datamodule=data, ckpt_path=ckpt)
     if not trainer.is_global_zero:
         return None
-    out = run_dir / f"{settings.style.name}.safetensors"
-    save_safetensors(system.net, out, system.metadata(), dtype=settings.train.export_dtype)
-    log.info("exported %s (step %d)", out, trainer.global_step)
-    print(f"saved {out}")
-    return out
+    outs = []
+    for k, style in enumerate(settings.styles):
+        out = run_dir / f"{style.name}.safetensors"
+        net = system.nets[k]
+        save_safetensors(net, out, system.metadata(k), dtype=settings.train.export_dtype)
+        log.info("exported %s (step %d)", out, trainer.global_step)
+        print(f"saved {out}")
+        outs.append(out)
+    return outs[0]
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

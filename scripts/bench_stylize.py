@@ -17,7 +17,11 @@ same rows as JSON (``--json``, default ``outputs/bench_stylize.json``). Backends
   optimisations (on CPU this is ``Stylizer``'s default backend);
 * ``ort-int8`` (``--int8``): ONNX Runtime static int8 quantisation (QDQ, per-channel weights),
   calibrated on photos, with its PSNR against fp32 on held-out photos;
-* on GPU also ``fp16``/``bf16`` autocast (``--half``).
+* on GPU also ``fp16``/``bf16`` autocast (``--half``) of the channels_last ``DeployNet``, and
+  ``fast``: bf16 + channels_last + ``torch.compile`` (one static graph per shape).
+
+``--batch N`` times batches of N frames (video); ``--memory`` adds the peak GPU memory of a
+3840×2160 photo stylised whole and in tiles through ``Stylizer``.
 
 Weights are random unless ``--model`` is given (latency does not depend on them; the int8 PSNR
 does, so give a trained model for that). Speed targets (docs/benchmarks.md): on the 2-core
@@ -48,9 +52,15 @@ from fast_style.transformer import TransformerNet
 
 REPO = Path(__file__).resolve().parents[1]
 WIDTHS = {"full": (32, 64, 128), "slim": (16, 32, 64)}
-SIZES = {"256²": (256, 256), "512²": (512, 512), "1024²": (1024, 1024), "1920×1080": (1080, 1920)}
+SIZES = {
+    "256²": (256, 256),
+    "512²": (512, 512),
+    "1024²": (1024, 1024),
+    "1920×1080": (1080, 1920),
+    "3840×2160": (2160, 3840),
+}
 CPU_BACKENDS = ("eager", "deploy", "channels_last", "compile", "onnxruntime")
-GPU_BACKENDS = ("eager", "deploy", "channels_last", "compile", "fp16", "bf16")
+GPU_BACKENDS = ("eager", "deploy", "channels_last", "compile", "fp16", "bf16", "fast")
 PHOTOS = REPO.parent / "shared" / "data" / "eval" / "kodak24"
 
 Runner = Callable[[torch.Tensor], object]
@@ -88,9 +98,9 @@ def make_runner(backend: str, net: TransformerNet, device: torch.device, threads
     cl = backend not in ("eager", "deploy")
     if cl:
         model = model.to(memory_format=torch.channels_last)
-    if backend == "compile":
-        model = torch.compile(model)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(backend)
+    if backend in ("compile", "fast"):
+        model = torch.compile(model, dynamic=False)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fast": torch.bfloat16}.get(backend)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         x = x.to(device)
@@ -105,16 +115,54 @@ def make_runner(backend: str, net: TransformerNet, device: torch.device, threads
     return run
 
 
-def time_runner(run: Runner, shape: tuple[int, int], repeats: int, warmup: int) -> list[float]:
-    x = torch.rand(1, 3, *shape)
+def others_busy(interval: float = 0.5) -> float:
+    """Share of all CPU time (0..1) used by *other* processes over ``interval`` seconds (Linux;
+    0 elsewhere). This process sleeps meanwhile, so system busy time is the others'."""
+    try:
+
+        def snap() -> tuple[int, int]:
+            with open("/proc/stat") as f:
+                vals = [int(v) for v in f.readline().split()[1:9]]
+            return sum(vals), vals[3] + vals[4]  # total, idle + iowait
+
+        t0, i0 = snap()
+        time.sleep(interval)
+        t1, i1 = snap()
+    except OSError:
+        return 0.0
+    return max(0.0, 1 - (i1 - i0) / max(1, t1 - t0))
+
+
+def wait_idle(max_wait: float, threshold: float = 0.08) -> bool:
+    """Wait (up to ``max_wait`` s) until other processes leave the CPU idle; True if they did."""
+    deadline = time.monotonic() + max_wait
+    while others_busy() > threshold:
+        if time.monotonic() > deadline:
+            return False
+    return True
+
+
+def time_runner(
+    run: Runner,
+    shape: tuple[int, int],
+    repeats: int,
+    warmup: int,
+    idle_wait: float = 0,
+    batch: int = 1,
+) -> tuple[list[float], int]:
+    """Latencies of ``repeats`` runs, and how many of them started on an otherwise idle CPU
+    (with ``idle_wait`` > 0 each run first waits up to that long for other jobs to pause)."""
+    x = torch.rand(batch, 3, *shape)
     for _ in range(warmup):
         run(x)
-    times = []
+    times, idle = [], 0
     for _ in range(repeats):
+        if idle_wait > 0:
+            idle += wait_idle(idle_wait)
         t0 = time.perf_counter()
         run(x)
         times.append(time.perf_counter() - t0)
-    return times
+    return times, idle
 
 
 # --- int8 ---------------------------------------------------------------------------------
@@ -208,6 +256,24 @@ def int8_quality(net: TransformerNet, threads: int, n: int = 8, size: int = 512)
 # --- main ---------------------------------------------------------------------------------
 
 
+def peak_memory_4k(net: TransformerNet, device: torch.device) -> dict[str, float]:
+    """Peak GPU memory (GiB, bf16) stylising one 3840×2160 photo whole and in 512 px tiles."""
+    from fast_style.inference import Stylizer
+
+    out = {}
+    x = torch.rand(1, 3, 2160, 3840, device=device)
+    st = Stylizer(net, device=str(device), half="bf16", backend="eager")
+    for name, tile in (("whole", None), ("tiled_512", 512)):
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        st.stylize_tensor(x, tile=tile, overlap=32)
+        torch.cuda.synchronize()
+        out[f"{name}_gib"] = round((torch.cuda.max_memory_allocated() - base) / 2**30, 3)
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="256² and 512² only, 3 repeats")
@@ -219,6 +285,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
     p.add_argument("--model", default=None, help="use this model's weights (and width)")
     p.add_argument("--int8", action="store_true", help="add ONNX Runtime int8 and its PSNR")
+    p.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0,
+        metavar="S",
+        help="before each timed run wait up to S s for other processes to leave the CPU idle",
+    )
+    p.add_argument("--batch", type=int, default=1, help="images per forward (times per image)")
+    p.add_argument("--memory", action="store_true", help="GPU: peak memory at 3840×2160")
     p.add_argument("--compile-sizes", default="512²", help="sizes timed with torch.compile on CPU")
     p.add_argument("--json", default=str(REPO / "outputs" / "bench_stylize.json"))
     return p
@@ -263,16 +338,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if backend == "compile" and not gpu and size not in args.compile_sizes.split(","):
                     continue
                 warmup = 2 if backend == "compile" else 1
-                times = time_runner(run, SIZES[size], repeats, warmup)
-                med = statistics.median(times)
+                times, idle = time_runner(
+                    run, SIZES[size], repeats, warmup, args.wait_idle, args.batch
+                )
+                med = statistics.median(times) / args.batch
                 rows.append(
                     {
                         "width": width,
                         "backend": backend,
                         "size": size,
                         "median_s": round(med, 4),
-                        "min_s": round(min(times), 4),
+                        "min_s": round(min(times) / args.batch, 4),
+                        "batch": args.batch,
                         "images_per_s": round(1 / med, 2),
+                        "runs_on_idle_cpu": f"{idle}/{repeats}"
+                        if args.wait_idle
+                        else "not checked",
                     }
                 )
                 print(
@@ -280,6 +361,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     file=sys.stderr,
                     flush=True,
                 )
+    if args.memory and gpu:
+        env_memory = peak_memory_4k(_net("full", args.model), device)
+        print(json.dumps(env_memory), file=sys.stderr)
+    else:
+        env_memory = None
     quality = {}
     if args.int8 and not gpu:
         for width in widths:
@@ -292,6 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "onnxruntime": _version("onnxruntime"),
         "load_average": _loadavg(),
         "weights": args.model or "random",
+        "peak_memory_3840x2160": env_memory,
     }
     print_table(rows, sizes, env, quality)
     out = Path(args.json)

@@ -1,10 +1,14 @@
-"""Make the README's training figures from a finished run.
+"""Make the README's figures.
 
     python scripts/readme_figures.py --run RUN_DIR --model MODEL --out docs/images \
         --photos ../shared/data/eval/kodak24/kodim05.jpg ../shared/data/eval/kodak24/kodim23.jpg
+    python scripts/readme_figures.py --gallery checkpoints --size 256 \
+        --photos ../shared/data/eval/kodak24/kodim{05,15,20,23}.jpg
 
 Writes ``loss_curves.png`` (train and validation losses read back from the run's TensorBoard
-events) and ``before_after.jpg`` (painting | photo | stylised, for photos the model never saw).
+events) and ``before_after.jpg`` (painting | photo | stylised, for photos the model never saw);
+with ``--gallery DIR``, ``gallery.jpg``: a grid of the photos (rows) × every model in DIR
+(columns, headed by its painting). Use Kodak photos and public-domain paintings only.
 """
 
 from __future__ import annotations
@@ -75,15 +79,45 @@ def before_after(model: Path, photos: list[Path], size: int, out: Path) -> Path:
     return save_image(image_grid(rows, pad=4), out)
 
 
+@torch.no_grad()
+def gallery(models: list[Path], photos: list[Path], size: int, out: Path) -> Path:
+    """Top row: the paintings; then one row per photo: photo, then each model's result."""
+    xs = [load_tensor(p, long_side=size) for p in photos]
+    h, w = xs[0].shape[-2:]
+    nets = [load_model(m) for m in models]
+    header = [torch.ones(3, h, w)]
+    for _, meta in nets:
+        style = load_tensor(resolve_path(meta["training"]["style"]["image"]))
+        scale = max(h / style.shape[-2], w / style.shape[-1])
+        style = torch.nn.functional.interpolate(
+            style, scale_factor=scale, mode="bilinear", antialias=True
+        )
+        top, left = (style.shape[-2] - h) // 2, (style.shape[-1] - w) // 2
+        header.append(style[0, :, top : top + h, left : left + w].clamp(0, 1))
+    rows = [header]
+    for x in xs:
+        x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", antialias=True)
+        rows.append([x[0], *(net(x)[0].clamp(0, 1) for net, _ in nets)])
+    return save_image(image_grid(rows, pad=4), out, quality=88)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", type=Path, required=True, help="training run directory")
-    ap.add_argument("--model", type=Path, required=True, help="model file (.safetensors/.ckpt)")
+    ap.add_argument("--run", type=Path, help="training run directory")
+    ap.add_argument("--model", type=Path, help="model file (.safetensors/.ckpt)")
+    ap.add_argument("--gallery", type=Path, help="folder of models: write gallery.jpg only")
     ap.add_argument("--photos", type=Path, nargs="+", required=True)
     ap.add_argument("--size", type=int, default=384, help="long side of the photos (px)")
     ap.add_argument("--out", type=Path, default=Path("docs/images"))
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.gallery:
+        models = sorted(args.gallery.glob("*.safetensors"))
+        models = [m for m in models if "cpu_demo" not in m.name]
+        print(gallery(models, args.photos, args.size, args.out / "gallery.jpg"))
+        return
+    if not (args.run and args.model):
+        ap.error("--run and --model are needed (or --gallery DIR)")
     print(plot_losses(read_scalars(args.run), args.out / "loss_curves.png"))
     print(before_after(args.model, args.photos, args.size, args.out / "before_after.jpg"))
 

@@ -72,8 +72,14 @@ def arr(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.float32)
 
 
-def post(client: TestClient, image: bytes | None = None, *, filename: str = "photo.png",
-         mask: bytes | None = None, **fields: str):
+def post(
+    client: TestClient,
+    image: bytes | None = None,
+    *,
+    filename: str = "photo.png",
+    mask: bytes | None = None,
+    **fields: str,
+):
     """POST /api/stylize with ``style`` defaulting to the test style."""
     files = {}
     if image is not None:
@@ -99,8 +105,9 @@ def assert_error(res, status: int, *words: str) -> dict:
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("models")
-    tiny_model(d / f"{STYLE}.safetensors", STYLE,
-               {"style": {"image": "assets/styles/starry_night.jpg"}})
+    tiny_model(
+        d / f"{STYLE}.safetensors", STYLE, {"style": {"image": "assets/styles/starry_night.jpg"}}
+    )
     tiny_model(d / "nameless.safetensors", "nameless", seed=1)  # no painting anywhere
     (d / "broken.safetensors").write_bytes(b"not a model")  # skipped, not listed
     return d
@@ -174,9 +181,21 @@ def test_page_and_assets_are_served_locally(client):
         assert r.status_code == 200 and r.text
         html += r.text
     assert "http://" not in html and "https://" not in html and "//cdn" not in html
-    for element in ("file-input", "styles", "strength", "preserve-color", "overlay",
-                    "brush-size", "tool-eraser", "mask-invert", "mask-clear",
-                    "compare-slider", "download", "busy", "error"):
+    for element in (
+        "file-input",
+        "styles",
+        "strength",
+        "preserve-color",
+        "overlay",
+        "brush-size",
+        "tool-eraser",
+        "mask-invert",
+        "mask-clear",
+        "compare-slider",
+        "download",
+        "busy",
+        "error",
+    ):
         assert f'id="{element}"' in res.text
 
 
@@ -283,17 +302,24 @@ def test_streamed_upload_too_large_is_413_without_content_length(make_client):
     boundary = "fsboundary"
     payload = encoded(photo(100, 100))
     parts = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="style"\r\n\r\n{STYLE}\r\n'
-        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
-        "Content-Type: image/png\r\n\r\n"
-    ).encode() + payload + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="style"\r\n\r\n{STYLE}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + payload
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
 
     def chunks() -> Iterator[bytes]:
         for i in range(0, len(parts), 1000):
             yield parts[i : i + 1000]
 
-    res = client.post("/api/stylize", content=chunks(),
-                      headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    res = client.post(
+        "/api/stylize",
+        content=chunks(),
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+    )
     assert_error(res, 413, "too large")
 
 
@@ -312,8 +338,12 @@ def test_pixel_count_limit_is_413(make_client):
 
 @pytest.mark.parametrize(
     "payload",
-    [b"hello, this is text", b"%PDF-1.4\n%\xe2\xe3\n", b"<svg xmlns='http://www.w3.org/2000/svg'/>",
-     b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n"],
+    [
+        b"hello, this is text",
+        b"%PDF-1.4\n%\xe2\xe3\n",
+        b"<svg xmlns='http://www.w3.org/2000/svg'/>",
+        b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n",
+    ],
     ids=["text", "pdf", "svg", "eps"],
 )
 def test_non_images_are_415(client, payload):
@@ -327,8 +357,11 @@ def test_corrupt_and_empty_images_are_400(client):
 
 
 def test_unknown_style_is_404(client):
-    res = client.post("/api/stylize", files={"image": ("a.png", encoded(photo(8, 8)))},
-                      data={"style": "van_gogh_ii"})
+    res = client.post(
+        "/api/stylize",
+        files={"image": ("a.png", encoded(photo(8, 8)))},
+        data={"style": "van_gogh_ii"},
+    )
     body = assert_error(res, 404, "unknown style")
     assert STYLE in body["detail"]["available"]
 
@@ -368,8 +401,11 @@ def test_a_model_that_fails_to_load_and_unexpected_errors_are_json_500(tmp_path,
     app = create_app(tmp_path, device="cpu", backend="eager")
     with TestClient(app) as client:
         assert [s["name"] for s in client.get("/api/styles").json()["styles"]] == ["mismatch"]
-        res = client.post("/api/stylize", files={"image": ("a.png", encoded(photo(8, 8)))},
-                          data={"style": "mismatch"})
+        res = client.post(
+            "/api/stylize",
+            files={"image": ("a.png", encoded(photo(8, 8)))},
+            data={"style": "mismatch"},
+        )
         body = assert_error(res, 500, "could not be loaded")
         assert "do not match" in body["detail"]
 
@@ -420,8 +456,13 @@ def test_twenty_parallel_requests_all_succeed(client):
     assert client.get("/healthz").json()["in_flight"] == 0
 
 
-def blocking_job(app, block: Callable[[serve.Job], bool], started: threading.Event,
-                 release: threading.Event, active: list[int] | None = None):
+def blocking_job(
+    app,
+    block: Callable[[serve.Job], bool],
+    started: threading.Event,
+    release: threading.Event,
+    active: list[int] | None = None,
+):
     """Wrap the app's job: jobs for which ``block(job)`` is true wait for ``release``."""
     real = app.state.run_job
     lock = threading.Lock()
@@ -509,21 +550,24 @@ def test_main_binds_loopback_and_says_so(monkeypatch, capsys, models_dir):
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
     assert serve.main(["--models", str(models_dir), "--backend", "eager", "--port", "8123"]) == 0
-    (app, kw), = calls
+    ((app, kw),) = calls
     assert kw["host"] == "127.0.0.1" and kw["port"] == 8123
     err = capsys.readouterr().err
     assert "http://127.0.0.1:8123/" in err and "loopback" in err and "2 style(s)" in err
     assert app.state.limits == Limits()
 
 
-def test_main_warns_when_not_on_loopback_and_rejects_bad_options(monkeypatch, capsys,
-                                                                models_dir, tmp_path):
+def test_main_warns_when_not_on_loopback_and_rejects_bad_options(
+    monkeypatch, capsys, models_dir, tmp_path
+):
     uvicorn = pytest.importorskip("uvicorn")
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
     serve.main(["--models", str(models_dir), "--host", "0.0.0.0", "--backend", "eager"])
     assert "WARNING" in capsys.readouterr().err
-    for argv in (["--models", str(tmp_path / "none")], ["--models", str(models_dir),
-                                                          "--workers", "0"]):
+    for argv in (
+        ["--models", str(tmp_path / "none")],
+        ["--models", str(models_dir), "--workers", "0"],
+    ):
         with pytest.raises(SystemExit) as e:
             serve.main(argv)
         assert e.value.code == 2

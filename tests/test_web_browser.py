@@ -39,8 +39,13 @@ pytestmark = pytest.mark.slow
 
 CHROMIUM = Path(os.environ.get("FAST_STYLE_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
     "--disable-dev-shm-usage",
 ]
 PHOTO = PROJECT_ROOT / "assets" / "photos" / "kodim23.jpg"
@@ -49,13 +54,19 @@ MAX_SIZE = 512  # the page's "Small" size
 
 def _missing() -> str | None:
     """Why the browser test cannot run here, or None."""
-    for module, extra in (("playwright", "dev"), ("fastapi", "serve"), ("uvicorn", "serve"),
-                          ("multipart", "serve")):
+    for module, extra in (
+        ("playwright", "dev"),
+        ("fastapi", "serve"),
+        ("uvicorn", "serve"),
+        ("multipart", "serve"),
+    ):
         if importlib.util.find_spec(module) is None:
             return f"the {module!r} package is not installed (pip install -e '.[{extra}]')"
     if not CHROMIUM.is_file():
-        return (f"no Chromium at {CHROMIUM}: install Debian's 'chromium' package (CI does, from "
-                ".ci/system-packages); Playwright's own browser download does not work here")
+        return (
+            f"no Chromium at {CHROMIUM}: install Debian's 'chromium' package (CI does, from "
+            ".ci/system-packages); Playwright's own browser download does not work here"
+        )
     if not PHOTO.is_file():
         return f"test photo {PHOTO} is missing"
     return None
@@ -96,13 +107,33 @@ def server(tmp_path_factory) -> Iterator[str]:
         d = tmp_path_factory.mktemp("web_models")
         torch.manual_seed(0)
         net = TransformerNet((8, 16, 16), num_residual=1)
-        save_safetensors(net, d / "starry_night.safetensors", describe(
-            net, "starry_night", width="tiny",
-            training={"style": {"image": "assets/styles/starry_night.jpg"}}))
+        save_safetensors(
+            net,
+            d / "starry_night.safetensors",
+            describe(
+                net,
+                "starry_night",
+                width="tiny",
+                training={"style": {"image": "assets/styles/starry_night.jpg"}},
+            ),
+        )
         models, backend = str(d), "eager"
     port = _free_port()
-    cmd = [sys.executable, "-m", "fast_style.serve", "--host", "127.0.0.1", "--port", str(port),
-           "--models", models, "--backend", backend, "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fast_style.serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--models",
+        models,
+        "--backend",
+        backend,
+        "--workers",
+        "1",
+    ]
     log = tmp_path_factory.mktemp("web_log") / "server.log"
     with open(log, "w") as err:
         proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=err)
@@ -143,8 +174,13 @@ def test_upload_style_paint_stylize_download(server, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1200, "height": 900}, accept_downloads=True)
     problems: list[str] = []
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-    page.on("request", lambda r: r.url.startswith((server, "blob:", "data:"))
-            or problems.append(f"external request: {r.url}"))
+    page.on(
+        "request",
+        lambda r: (
+            r.url.startswith((server, "blob:", "data:"))
+            or problems.append(f"external request: {r.url}")
+        ),
+    )
     page.goto(server)
 
     # Upload a photo (preview), pick a style, choose the small size.
@@ -206,8 +242,7 @@ def test_upload_style_paint_stylize_download(server, browser, tmp_path):
 
 
 def test_phone_screen_and_readable_errors(server, browser):
-    page = browser.new_page(viewport={"width": 375, "height": 740}, is_mobile=True,
-                            has_touch=True)
+    page = browser.new_page(viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True)
     page.goto(server)
     page.set_input_files("#file-input", str(PHOTO))
     page.wait_for_selector("#editor:not([hidden])")
@@ -217,17 +252,23 @@ def test_phone_screen_and_readable_errors(server, browser):
     assert 200 < width <= 375
 
     # A server error is shown as its message, and the busy indicator goes away.
-    page.route("**/api/stylize", lambda route: route.fulfill(
-        status=503, content_type="application/json",
-        body='{"error": "server busy: too many requests at once, retry shortly", '
-             '"detail": null}'))
+    page.route(
+        "**/api/stylize",
+        lambda route: route.fulfill(
+            status=503,
+            content_type="application/json",
+            body='{"error": "server busy: too many requests at once, retry shortly", '
+            '"detail": null}',
+        ),
+    )
     page.click("#stylize")
     page.wait_for_selector("#error:not([hidden])")
     assert "server busy" in page.inner_text("#error")
     assert page.is_hidden("#busy") and page.is_enabled("#stylize")
 
     # A file that is not an image is refused before any upload.
-    page.set_input_files("#file-input", files=[
-        {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hello"}])
+    page.set_input_files(
+        "#file-input", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hello"}]
+    )
     assert "not an image" in page.inner_text("#error")
     page.close()

@@ -118,8 +118,7 @@ class PerceptualLoss(nn.Module):
     @torch.no_grad()
     def content_targets(self, content: torch.Tensor) -> dict[str, torch.Tensor]:
         """Content features φ(c) at the content taps (no gradient)."""
-        feats = self.network(content)
-        return {tap: feats[tap] for tap in self.weights.content_layers}
+        return self.network(content, taps=tuple(self.weights.content_layers))
 
     def forward(
         self,
@@ -133,8 +132,22 @@ class PerceptualLoss(nn.Module):
             if content is None:
                 raise ValueError("pass the content images or their precomputed features")
             content_feats = self.content_targets(content)
+        return self.terms(self.network(output), content_feats, output)
+
+    def terms(
+        self,
+        feats: Mapping[str, torch.Tensor],
+        content_feats: Mapping[str, torch.Tensor],
+        output: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """The loss terms from precomputed loss-network features of ``output`` (B, 3, H, W).
+
+        Lets several styles share one loss-network pass (``fast_style.system``): their outputs
+        go through the network as one batch and each style scores its own slice.
+        """
+        if not self._has_style:
+            raise RuntimeError("PerceptualLoss.set_style() must be called before computing losses")
         w = self.weights
-        feats = self.network(output)
         terms: dict[str, torch.Tensor] = {}
         for tap in w.content_layers:
             terms[f"content/{tap}"] = content_term(feats[tap], content_feats[tap])

@@ -162,11 +162,19 @@ class VGGFeatures(nn.Module):
         """The loss network always stays in eval mode."""
         return super().train(False)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, taps: tuple[str, ...] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Activations at ``taps`` (default: all of this network's), stopping after the
+        deepest one asked for: content targets at relu2_2 need a third of the FLOPs."""
+        # A plain tuple, no set(): torch.compile (torch 2.11) fails on building sets here.
+        want = self.taps if taps is None else taps
         h = normalize_imagenet(x)
         out = {}
         for name, layer in zip(self.names, self.layers, strict=True):
             h = layer(h)
-            if name in self.taps:
+            if name in want:
                 out[name] = h
+                if len(out) == len(want):
+                    break
         return out

@@ -1,0 +1,167 @@
+"""Benchmark one training step (transform net + perceptual loss + Adam) under several settings.
+
+    python scripts/bench_train.py                       # GPU: naive eager fp32 → fast path
+    python scripts/bench_train.py --batch 16 --size 256 --steps 50 --json out.json
+
+Every row runs the real training code (``StyleTransferSystem.compute_terms``: content pass,
+transform net, loss network, perceptual terms) on the same batch of photos, then backward and
+an Adam step, in one process, so the rows' ratios compare like with like:
+
+* ``eager-fp32``: PyTorch defaults, NCHW, float32 (TF32 convolutions, as PyTorch allows by
+  default), foreach Adam: the naive baseline;
+* ``bf16``: + bf16 autocast;
+* ``bf16-cl``: + channels_last tensors;
+* ``compile``: + ``torch.compile`` of the transform and loss networks, fused Adam;
+* ``compile-nchw``: the same without channels_last (to see what channels_last brings).
+
+Prints a Markdown table (ms/step, images/s, ratio to the baseline) and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+
+from fast_style.config import PROJECT_ROOT, validate
+from fast_style.imaging import list_images, load_tensor
+from fast_style.system import StyleTransferSystem
+
+CONFIGS = {
+    "eager-fp32": {"bf16": False, "channels_last": False, "compile": False},
+    "bf16": {"bf16": True, "channels_last": False, "compile": False},
+    "bf16-cl": {"bf16": True, "channels_last": True, "compile": False},
+    "compile": {"bf16": True, "channels_last": True, "compile": True},
+    "compile-nchw": {"bf16": True, "channels_last": False, "compile": True},
+}
+
+
+def photos(folder: str | None, n: int, size: int) -> torch.Tensor:
+    """(n, 3, size, size) photos in [0, 1] from ``folder`` (random noise when none)."""
+    files = list_images(folder)[:n] if folder else []
+    if not files:
+        return torch.rand(n, 3, size, size)
+    imgs = [load_tensor(f, long_side=size)[..., :size, :size] for f in files]
+    imgs = [torch.nn.functional.interpolate(t, size=(size, size)) for t in imgs]
+    while len(imgs) < n:
+        imgs += imgs[: n - len(imgs)]
+    return torch.cat(imgs)
+
+
+def build_system(overrides: list[str], flags: dict) -> StyleTransferSystem:
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = compose(
+            "train",
+            [
+                *overrides,
+                f"train.compile={flags['compile']}",
+                f"train.channels_last={flags['channels_last']}",
+            ],
+        )
+    return StyleTransferSystem(validate(cfg))
+
+
+def time_config(
+    name: str, flags: dict, batch: torch.Tensor, steps: int, warmup: int, overrides: list[str]
+) -> dict:
+    device = batch.device
+    system = build_system(overrides, flags).to(device)
+    system.on_fit_start()  # builds the loss network; applies channels_last / compile
+    fused = flags["compile"] and device.type == "cuda"
+    opt = torch.optim.Adam(system.parameters(), lr=1e-3, fused=fused)
+
+    def step() -> None:
+        with torch.autocast(device.type, torch.bfloat16, enabled=flags["bf16"]):
+            terms = system.compute_terms(batch)
+            loss = torch.stack([t["total"] for t in terms]).sum()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    sync(device)
+    warm_s = time.perf_counter() - t0
+    times = []
+    for _ in range(3):  # three timed blocks; the median block is reported
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync(device)
+        times.append((time.perf_counter() - t0) / steps)
+    ms = 1000 * statistics.median(times)
+    row = {
+        "config": name,
+        **flags,
+        "batch": len(batch),
+        "styles": len(system.nets),
+        "ms_per_step": round(ms, 2),
+        "images_per_s": round(len(batch) * len(system.nets) * 1000 / ms, 1),
+        "warmup_s": round(warm_s, 1),
+    }
+    if device.type == "cuda":
+        row["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        torch.cuda.reset_peak_memory_stats()
+    print(json.dumps(row), file=sys.stderr, flush=True)
+    return row
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--configs", default=",".join(CONFIGS), help="comma list of the rows")
+    p.add_argument("--batch", type=int, default=4, help="content images per step")
+    p.add_argument("--size", type=int, default=256, help="crop size (px)")
+    p.add_argument("--steps", type=int, default=30, help="steps per timed block")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps (compilation)")
+    p.add_argument("--photos", default=None, help="folder of photos (default: noise)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", default=str(PROJECT_ROOT / "outputs" / "bench_train.json"))
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=slim")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = True
+    batch = photos(args.photos, args.batch, args.size).to(device)
+    rows = []
+    for name in args.configs.split(","):
+        try:
+            rows.append(
+                time_config(name, CONFIGS[name], batch, args.steps, args.warmup, args.overrides)
+            )
+        except Exception as e:  # one failing row (a compiler error, say) keeps the others
+            print(f"{name}: failed: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
+        torch._dynamo.reset()
+    base = rows[0]["ms_per_step"] if rows else None
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"\n{dev}, torch {torch.__version__}, batch {args.batch} at {args.size}²\n")
+    print("| config | ms/step | images/s | × baseline | peak GiB |\n|---|---|---|---|---|")
+    for r in rows:
+        ratio = base / r["ms_per_step"] if base else float("nan")
+        print(
+            f"| {r['config']} | {r['ms_per_step']} | {r['images_per_s']} | {ratio:.2f} "
+            f"| {r.get('peak_memory_gib', '-')} |"
+        )
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"device": dev, "torch": torch.__version__, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

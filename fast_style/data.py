@@ -88,7 +88,7 @@ class ImageFolderDataset(Dataset):
         raise RuntimeError("no image in the dataset could be decoded")
 
 
-def _decode_square(path: Path, size: int) -> torch.Tensor | None:
+def decode_square(path: Path, size: int) -> torch.Tensor | None:
     """A photo as uint8 (3, size, size): short side resized to ``size``, centre-cropped."""
     try:
         img = transforms.CenterCrop(size)(transforms.Resize(size, antialias=True)(load_rgb(path)))
@@ -107,7 +107,7 @@ class GPUImageBank:
 
     def __init__(self, files: Sequence[Path], size: int, threads: int = 8):
         with ThreadPoolExecutor(max_workers=threads) as pool:  # PIL decodes release the GIL
-            decoded = pool.map(lambda f: _decode_square(f, size), files)
+            decoded = pool.map(lambda f: decode_square(f, size), files)
             images = [t for t in decoded if t is not None]
         if not images:
             raise ValueError("no image in the dataset could be decoded")

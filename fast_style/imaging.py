@@ -88,6 +88,20 @@ def split_alpha(img: Image.Image) -> tuple[Image.Image, Image.Image | None]:
     return (img if img.mode == "RGB" else img.convert("RGB")), None
 
 
+def _checked_load(
+    im: Image.Image, name: str, max_pixels: int | None, too_large: type[ImageReadError]
+) -> Image.Image:
+    """Refuse more than ``max_pixels`` before decoding (header only), then decode and apply
+    the EXIF orientation."""
+    w, h = im.size
+    if max_pixels is not None and w * h > max_pixels:
+        raise too_large(
+            f"{name}: {w}x{h} = {w * h / 1e6:.1f} MP exceeds the limit of {max_pixels / 1e6:.1f} MP"
+        )
+    im.load()
+    return ImageOps.exif_transpose(im) or im
+
+
 def open_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open, fully decode and EXIF-orient an image file.
 
@@ -101,14 +115,7 @@ def open_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
         raise ImageReadError(f"{path}: is a directory, not an image")
     try:
         with Image.open(path) as im:
-            w, h = im.size
-            if max_pixels is not None and w * h > max_pixels:
-                raise ImageReadError(
-                    f"{path}: {w}x{h} = {w * h / 1e6:.0f} MP exceeds the limit of "
-                    f"{max_pixels / 1e6:.0f} MP"
-                )
-            im.load()
-            return ImageOps.exif_transpose(im) or im
+            return _checked_load(im, str(path), max_pixels, ImageReadError)
     except ImageReadError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError) as e:
@@ -209,6 +216,14 @@ def save_image(
     return path
 
 
+def cover_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Scale (B, C, H, W) to cover ``size`` (keeping the aspect ratio), then centre-crop to it."""
+    scale = max(size[0] / x.shape[-2], size[1] / x.shape[-1])
+    x = F.interpolate(x, scale_factor=scale, mode="bilinear", antialias=True, align_corners=False)
+    top, left = (x.shape[-2] - size[0]) // 2, (x.shape[-1] - size[1]) // 2
+    return x[..., top : top + size[0], left : left + size[1]]
+
+
 def image_grid(rows: Sequence[Iterable[torch.Tensor]], pad: int = 2) -> torch.Tensor:
     """Tile equally sized (3, H, W) images into one (3, H', W') grid, row by row (white padding)."""
     rows = [list(r) for r in rows]
@@ -255,14 +270,7 @@ def open_image_bytes(
         formats = [f for f in formats if f in Image.OPEN]
     try:
         with Image.open(io.BytesIO(data), formats=formats or None) as im:
-            w, h = im.size
-            if max_pixels is not None and w * h > max_pixels:
-                raise ImageTooLargeError(
-                    f"{name}: {w}x{h} = {w * h / 1e6:.1f} MP exceeds the limit of "
-                    f"{max_pixels / 1e6:.1f} MP"
-                )
-            im.load()
-            return ImageOps.exif_transpose(im) or im
+            return _checked_load(im, name, max_pixels, ImageTooLargeError)
     except ImageReadError:
         raise
     except Image.DecompressionBombError as e:

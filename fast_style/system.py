@@ -13,11 +13,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fast_style.config import LossConfig, StyleConfig, TrainSettings, resolve_path
-from fast_style.imaging import image_grid, load_tensor
+from fast_style.imaging import cover_crop, image_grid, load_tensor
 from fast_style.loss import LossWeights, PerceptualLoss
 from fast_style.loss.vgg import VGGFeatures
 from fast_style.model_io import ModelFileError, describe, load_model
@@ -35,10 +34,17 @@ def style_loss_weights(s: StyleConfig) -> LossWeights:
     )
 
 
-def style_criterion(style: StyleConfig, loss: LossConfig) -> tuple[PerceptualLoss, torch.Tensor]:
+def style_criterion(
+    style: StyleConfig, loss: LossConfig, network: VGGFeatures | None = None
+) -> tuple[PerceptualLoss, torch.Tensor]:
     """The loss network with the style's Gram targets set; returns it and the style image
-    (1, 3, H, W) in [0, 1]. The one construction used by training, Gatys and evaluation."""
-    crit = PerceptualLoss.build(style_loss_weights(style), loss.network, loss.weights)
+    (1, 3, H, W) in [0, 1]. The one construction used by training, Gatys and evaluation.
+    ``network``: an existing loss network to share (it must have the style's taps)."""
+    weights = style_loss_weights(style)
+    if network is None:
+        crit = PerceptualLoss.build(weights, loss.network, loss.weights)
+    else:
+        crit = PerceptualLoss(network, weights)
     image = load_tensor(resolve_path(style.image), long_side=style.size)
     crit.set_style(image)
     return crit, image
@@ -52,20 +58,10 @@ def build_criterion(settings: TrainSettings) -> tuple[PerceptualLoss, torch.Tens
 def build_criteria(settings: TrainSettings) -> tuple[list[PerceptualLoss], list[torch.Tensor]]:
     """One criterion per style of the run, all over one shared loss network (built once, with
     the union of the taps), and the style images (1, 3, H, W) in [0, 1]."""
-    if len(settings.styles) == 1:
-        crit, image = build_criterion(settings)
-        return [crit], [image]
-    weights = [style_loss_weights(s) for s in settings.styles]
-    taps = set().union(*(w.taps for w in weights))
+    taps = set().union(*(style_loss_weights(s).taps for s in settings.styles))
     network = VGGFeatures(taps, arch=settings.loss.network, weights=settings.loss.weights)
-    crits, images = [], []
-    for s, w in zip(settings.styles, weights, strict=True):
-        crit = PerceptualLoss(network, w)
-        image = load_tensor(resolve_path(s.image), long_side=s.size)
-        crit.set_style(image)
-        crits.append(crit)
-        images.append(image)
-    return crits, images
+    pairs = [style_criterion(s, settings.loss, network) for s in settings.styles]
+    return [c for c, _ in pairs], [image for _, image in pairs]
 
 
 def lr_lambda(step: int, warmup: int, total: int, kind: str, floor: float) -> float:
@@ -257,13 +253,7 @@ class StyleTransferSystem(pl.LightningModule):
         writer.add_image("val/stylized", image_grid(rows), self.global_step)
 
     def _style_thumbnail(self, index: int, size: torch.Size) -> torch.Tensor:
-        s = self._styles[index]
-        scale = max(size[0] / s.shape[-2], size[1] / s.shape[-1])
-        s = F.interpolate(
-            s, scale_factor=scale, mode="bilinear", antialias=True, align_corners=False
-        )
-        top, left = (s.shape[-2] - size[0]) // 2, (s.shape[-1] - size[1]) // 2
-        return s[0, :, top : top + size[0], left : left + size[1]].clamp(0, 1).to(self.device)
+        return cover_crop(self._styles[index], tuple(size))[0].clamp(0, 1).to(self.device)
 
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.settings.optim

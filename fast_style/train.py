@@ -63,6 +63,12 @@ class InterruptCheckpoint(Checkpoint):
                 )
 
 
+def sync_device(pl_module: pl.LightningModule) -> None:
+    """Wait for the module's GPU work (a no-op on the CPU): only at the timing points."""
+    if pl_module.device.type == "cuda":
+        torch.cuda.synchronize(pl_module.device)
+
+
 class ThroughputMonitor(pl.Callback):
     """Training speed without per-step host synchronisation: the clock is read (after a device
     sync) only once warm-up is over (compilation, cuDNN autotuning) and at the end. Writes
@@ -74,11 +80,6 @@ class ThroughputMonitor(pl.Callback):
         self.t_fit = self.t_warm = self.t_val = self.val_seconds = 0.0
         self.step_warm = 0
 
-    @staticmethod
-    def _sync(pl_module: pl.LightningModule) -> None:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
-
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.t_fit = time.perf_counter()
         if pl_module.device.type == "cuda":
@@ -88,22 +89,22 @@ class ThroughputMonitor(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
     ) -> None:
         if trainer.global_step == self.warmup:
-            self._sync(pl_module)
+            sync_device(pl_module)
             self.t_warm, self.step_warm = time.perf_counter(), trainer.global_step
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.t_warm and not trainer.sanity_checking:
-            self._sync(pl_module)
+            sync_device(pl_module)
             self.t_val = time.perf_counter()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.t_val:
-            self._sync(pl_module)
+            sync_device(pl_module)
             self.val_seconds += time.perf_counter() - self.t_val
             self.t_val = 0.0
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._sync(pl_module)
+        sync_device(pl_module)
         now, steps = time.perf_counter(), trainer.global_step - self.step_warm
         s = pl_module.settings
         report = {
@@ -158,7 +159,7 @@ class TimeBudget(pl.Callback):
         step = trainer.global_step - self.first
         if step not in (self.warmup, self.warmup + self.probe):
             return
-        ThroughputMonitor._sync(pl_module)
+        sync_device(pl_module)
         now = self.clock()
         if step == self.warmup:
             self.t_warm = now

@@ -31,7 +31,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from fast_style.config import PROJECT_ROOT, validate
-from fast_style.imaging import list_images, load_tensor
+from fast_style.data import GPUImageBank
+from fast_style.imaging import list_images
 from fast_style.system import StyleTransferSystem
 
 CONFIGS = {
@@ -44,15 +45,13 @@ CONFIGS = {
 
 
 def photos(folder: str | None, n: int, size: int) -> torch.Tensor:
-    """(n, 3, size, size) photos in [0, 1] from ``folder`` (random noise when none)."""
+    """(n, 3, size, size) photos in [0, 1] from ``folder``, prepared as ``data.gpu_cache``
+    stores them (random noise when there are none)."""
     files = list_images(folder)[:n] if folder else []
     if not files:
         return torch.rand(n, 3, size, size)
-    imgs = [load_tensor(f, long_side=size)[..., :size, :size] for f in files]
-    imgs = [torch.nn.functional.interpolate(t, size=(size, size)) for t in imgs]
-    while len(imgs) < n:
-        imgs += imgs[: n - len(imgs)]
-    return torch.cat(imgs)
+    images = GPUImageBank(files, size).images
+    return images.repeat(-(-n // len(images)), 1, 1, 1)[:n].float() / 255
 
 
 def build_system(overrides: list[str], flags: dict) -> StyleTransferSystem:

@@ -20,7 +20,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fast_style.config import resolve_path
-from fast_style.imaging import image_grid, load_tensor, save_image
+from fast_style.imaging import cover_crop, image_grid, load_tensor, save_image
 from fast_style.model_io import load_model
 
 TERMS = ("total", "content", "style", "tv")
@@ -88,12 +88,7 @@ def gallery(models: list[Path], photos: list[Path], size: int, out: Path) -> Pat
     header = [torch.ones(3, h, w)]
     for _, meta in nets:
         style = load_tensor(resolve_path(meta["training"]["style"]["image"]))
-        scale = max(h / style.shape[-2], w / style.shape[-1])
-        style = torch.nn.functional.interpolate(
-            style, scale_factor=scale, mode="bilinear", antialias=True
-        )
-        top, left = (style.shape[-2] - h) // 2, (style.shape[-1] - w) // 2
-        header.append(style[0, :, top : top + h, left : left + w].clamp(0, 1))
+        header.append(cover_crop(style, (h, w))[0].clamp(0, 1))
     rows = [header]
     for x in xs:
         x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", antialias=True)

@@ -230,25 +230,44 @@ def write_result(img: Image.Image, job: Job, quality: int) -> None:
 
 
 def list_models(dirs: Sequence[Path]) -> list[str]:
-    """One line per model file in ``dirs``: name, style, widths, dtype, steps, size, path."""
-    lines = [
-        f"{'name':<24} {'style':<18} {'width':<6} {'channels':<11} {'res':>3} "
-        f"{'dtype':<8} {'steps':>7} {'MB':>6}  path"
-    ]
+    """One line per model file in ``dirs``: name, style, widths, dtype, steps, size, path
+    (columns as wide as their longest entry)."""
+    rows: list[tuple[str, ...]] = []
+    broken: list[tuple[str, str]] = []
     for path in find_models(list(dirs)):
         try:
             reader = read_safetensors if path.suffix == ".safetensors" else read_checkpoint
             _, meta = reader(path)
         except ModelFileError as e:
-            lines.append(f"{path.stem:<24} (unreadable: {e})")
+            broken.append((path.stem, str(e)))
             continue
-        ch = "/".join(str(c) for c in meta.get("channels", []))
-        lines.append(
-            f"{path.stem:<24} {meta.get('style', '?')!s:<18} {meta.get('width') or '-'!s:<6} "
-            f"{ch:<11} {meta.get('num_residual', '?')!s:>3} {meta.get('dtype', 'float32')!s:<8} "
-            f"{meta.get('global_step', '-')!s:>7} {path.stat().st_size / 1e6:>6.1f}  {path}"
+        rows.append(
+            (
+                path.stem,
+                str(meta.get("style", "?")),
+                str(meta.get("width") or "-"),
+                "/".join(str(c) for c in meta.get("channels", [])),
+                str(meta.get("num_residual", "?")),
+                str(meta.get("dtype", "float32")),
+                str(meta.get("global_step", "-")),
+                f"{path.stat().st_size / 1e6:.1f}",
+                str(path),
+            )
         )
-    if len(lines) == 1:
+    header = ("name", "style", "width", "channels", "res", "dtype", "steps", "MB", "path")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    right = {4, 6, 7}  # numeric columns
+
+    def fmt(row: tuple[str, ...]) -> str:
+        cells = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        return " ".join(cells[:-1]) + "  " + row[-1]
+
+    lines = [fmt(header), *(fmt(r) for r in rows)]
+    lines += [f"{name.ljust(widths[0])} (unreadable: {err})" for name, err in broken]
+    if not rows and not broken:
         lines.append(f"(no models in {', '.join(str(d) for d in dirs)})")
     return lines
 

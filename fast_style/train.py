@@ -8,6 +8,7 @@ Everything a run writes goes under its Hydra run directory (``hydra.run.dir=…`
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import sys
@@ -187,6 +188,14 @@ def trainer_kwargs(settings: TrainSettings) -> dict[str, Any]:
     return kw
 
 
+def _safe_resume_kwargs() -> dict[str, Any]:
+    """``weights_only=True`` for ``Trainer.fit`` where Lightning has it (≥ 2.5): resuming reads
+    the checkpoint without unpickling arbitrary objects (ours hold only tensors and plain
+    types). Older Lightning versions load with their own default."""
+    params = inspect.signature(pl.Trainer.fit).parameters
+    return {"weights_only": True} if "weights_only" in params else {}
+
+
 def train(settings: TrainSettings, run_dir: Path) -> Path | None:
     """Fit, then export ``<style>.safetensors`` (one per style) into ``run_dir``; returns the
     first one's path (rank 0)."""
@@ -229,7 +238,7 @@ def train(settings: TrainSettings, run_dir: Path) -> Path | None:
     ckpt = str(resolve_path(settings.ckpt_path)) if settings.ckpt_path else None
     if ckpt and not Path(ckpt).is_file():
         raise FileNotFoundError(f"ckpt_path: no such checkpoint: {ckpt}")
-    trainer.fit(system, datamodule=data, ckpt_path=ckpt)
+    trainer.fit(system, datamodule=data, ckpt_path=ckpt, **_safe_resume_kwargs())
     if not trainer.is_global_zero:
         return None
     outs = []

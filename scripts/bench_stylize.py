@@ -18,10 +18,15 @@ same rows as JSON (``--json``, default ``outputs/bench_stylize.json``). Backends
 * ``ort-int8`` (``--int8``): ONNX Runtime static int8 quantisation (QDQ, per-channel weights),
   calibrated on photos, with its PSNR against fp32 on held-out photos;
 * on GPU also ``fp16``/``bf16`` autocast (``--half``) of the channels_last ``DeployNet``, and
-  ``fast``: bf16 + channels_last + ``torch.compile`` (one static graph per shape).
+  ``fast``: bf16 + channels_last + ``torch.compile`` (one static graph per shape); ``fast-w``
+  casts weights and input to bf16 instead of autocast (no per-call casts); more variants
+  (``VARIANTS``): ``bf16w``, ``*-plain`` (``TransformerNet`` instead of ``DeployNet``),
+  ``graphs`` (``fast-w`` + CUDA graphs, ``mode="reduce-overhead"``), ``autotune``
+  (``mode="max-autotune-no-cudagraphs"``). On GPU the input is already in GPU memory.
 
 ``--batch N`` times batches of N frames (video); ``--memory`` adds the peak GPU memory of a
-3840×2160 photo stylised whole and in tiles through ``Stylizer``.
+3840×2160 photo stylised whole and in tiles through ``Stylizer``; ``--profile B1,B2`` prints
+each backend's top CUDA kernels at 1920×1080.
 
 Weights are random unless ``--model`` is given (latency does not depend on them; the int8 PSNR
 does, so give a trained model for that). Speed targets (docs/benchmarks.md): on the 2-core
@@ -60,7 +65,7 @@ SIZES = {
     "3840×2160": (2160, 3840),
 }
 CPU_BACKENDS = ("eager", "deploy", "channels_last", "compile", "onnxruntime")
-GPU_BACKENDS = ("eager", "deploy", "channels_last", "compile", "fp16", "bf16", "fast")
+GPU_BACKENDS = ("eager", "deploy", "channels_last", "compile", "fp16", "bf16", "fast", "fast-w")
 PHOTOS = REPO.parent / "shared" / "data" / "eval" / "kodak24"
 
 Runner = Callable[[torch.Tensor], object]
@@ -86,6 +91,26 @@ def ort_session(onnx_bytes: bytes, threads: int):
     return ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
 
 
+# PyTorch variants: name -> (DeployNet?, precision, channels_last, torch.compile mode or None).
+# "autocast-*" keeps fp32 weights under autocast; "bf16" casts weights and input to bf16.
+VARIANTS: dict[str, tuple[bool, str | None, bool, str | None]] = {
+    "eager": (False, None, False, None),
+    "deploy": (True, None, False, None),
+    "channels_last": (True, None, True, None),
+    "compile": (True, None, True, "default"),
+    "fp16": (True, "autocast-fp16", True, None),
+    "bf16": (True, "autocast-bf16", True, None),
+    "fast": (True, "autocast-bf16", True, "default"),
+    "bf16w": (True, "bf16", True, None),
+    "bf16w-plain": (False, "bf16", True, None),
+    "fast-w": (True, "bf16", True, "default"),
+    "fast-w-plain": (False, "bf16", True, "default"),
+    "graphs": (True, "bf16", True, "reduce-overhead"),
+    "autotune": (True, "bf16", True, "max-autotune-no-cudagraphs"),
+}
+AUTOCAST = {"autocast-fp16": torch.float16, "autocast-bf16": torch.bfloat16}
+
+
 def make_runner(backend: str, net: TransformerNet, device: torch.device, threads: int) -> Runner:
     """A callable running one forward pass of (B, 3, H, W) in [0, 1] with ``backend``."""
     if backend in ("onnxruntime", "ort-int8"):
@@ -94,18 +119,19 @@ def make_runner(backend: str, net: TransformerNet, device: torch.device, threads
         )
         name = session.get_inputs()[0].name
         return lambda x: session.run(None, {name: x.numpy()})[0]
-    model = (net if backend == "eager" else DeployNet(net)).to(device).eval()
-    cl = backend not in ("eager", "deploy")
-    if cl:
-        model = model.to(memory_format=torch.channels_last)
-    if backend in ("compile", "fast"):
-        model = torch.compile(model, dynamic=False)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fast": torch.bfloat16}.get(backend)
+    if backend not in VARIANTS:
+        raise ValueError(f"unknown backend {backend!r}")
+    deploy, precision, cl, mode = VARIANTS[backend]
+    model = (DeployNet(net) if deploy else net).to(device).eval()
+    cast = torch.bfloat16 if precision == "bf16" else None
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    model = model.to(device, dtype=cast, memory_format=fmt)
+    if mode is not None:
+        model = torch.compile(model, dynamic=False, mode=mode)
+    dtype = AUTOCAST.get(precision or "")
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        x = x.to(device)
-        if cl:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.to(device, dtype=cast).contiguous(memory_format=fmt)
         with torch.inference_mode(), torch.autocast(device.type, dtype, enabled=dtype is not None):
             y = model(x)
         if device.type == "cuda":
@@ -113,6 +139,22 @@ def make_runner(backend: str, net: TransformerNet, device: torch.device, threads
         return y
 
     return run
+
+
+def profile_gpu(net: TransformerNet, device: torch.device, backends: list[str], top: int) -> None:
+    """Print the ``top`` CUDA kernels by time for each backend at 1920×1080 (5 runs)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    x = torch.rand(1, 3, 1080, 1920, device=device)
+    for backend in backends:
+        run = make_runner(backend, net, device, 1)
+        for _ in range(3):
+            run(x)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                run(x)
+        print(f"\n## profile: {backend}, 1920x1080, 5 runs", flush=True)
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=top), flush=True)
 
 
 def others_busy(interval: float = 0.5) -> float:
@@ -149,10 +191,12 @@ def time_runner(
     warmup: int,
     idle_wait: float = 0,
     batch: int = 1,
+    device: torch.device | None = None,
 ) -> tuple[list[float], int]:
     """Latencies of ``repeats`` runs, and how many of them started on an otherwise idle CPU
-    (with ``idle_wait`` > 0 each run first waits up to that long for other jobs to pause)."""
-    x = torch.rand(batch, 3, *shape)
+    (with ``idle_wait`` > 0 each run first waits up to that long for other jobs to pause).
+    On a GPU the input is created there: frame upload is not timed (as for decoded video)."""
+    x = torch.rand(batch, 3, *shape, device=device if device and device.type == "cuda" else None)
     for _ in range(warmup):
         run(x)
     times, idle = [], 0
@@ -294,6 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch", type=int, default=1, help="images per forward (times per image)")
     p.add_argument("--memory", action="store_true", help="GPU: peak memory at 3840×2160")
+    p.add_argument(
+        "--profile",
+        default=None,
+        metavar="BACKENDS",
+        help="GPU: print the top CUDA kernels of these backends (comma list) at 1920×1080",
+    )
     p.add_argument("--compile-sizes", default="512²", help="sizes timed with torch.compile on CPU")
     p.add_argument("--json", default=str(REPO / "outputs" / "bench_stylize.json"))
     return p
@@ -339,9 +389,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for size in sizes:
                 if backend == "compile" and not gpu and size not in args.compile_sizes.split(","):
                     continue
-                warmup = 2 if backend == "compile" else 1
+                compiled = backend in VARIANTS and VARIANTS[backend][3] is not None
+                warmup = 3 if compiled else 1  # compile, and record CUDA graphs
                 times, idle = time_runner(
-                    run, SIZES[size], repeats, warmup, args.wait_idle, args.batch
+                    run, SIZES[size], repeats, warmup, args.wait_idle, args.batch, device
                 )
                 med = statistics.median(times) / args.batch
                 rows.append(
@@ -363,6 +414,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     file=sys.stderr,
                     flush=True,
                 )
+    if args.profile and gpu:
+        profile_gpu(_net(widths[0], args.model), device, args.profile.split(","), 20)
     if args.memory and gpu:
         env_memory = peak_memory_4k(_net("full", args.model), device)
         print(json.dumps(env_memory), file=sys.stderr)

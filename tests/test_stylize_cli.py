@@ -132,6 +132,10 @@ def test_list_models_shows_metadata(model, tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert "tiny" in out and "8/16/16" in out and "mosaic" in out and "unreadable" in out
+    header, *rows = [line for line in out.splitlines() if line and "unreadable" not in line]
+    for row in rows:  # columns line up with the header whatever the name lengths
+        col = header.index("channels")
+        assert row[col - 1] == " " and "/" in row[col:].split()[0]
 
 
 def test_never_overwrites_the_input(model, tmp_path, capsys):

@@ -5,9 +5,10 @@
 The exported graph is ``DeployNet``: ``TransformerNet`` re-parameterised for speed, with the
 same outputs. Its pad to a multiple of 4 is branch-free (``(-h) % 4``), so pad amounts and the
 final crop are computed from the input's shape inside the graph instead of being frozen at trace
-time. Its ops are Pad, Conv, InstanceNormalization, Relu, Add, Tanh, Slice, Reshape and
-DepthToSpace: no ``Resize``/``Upsample`` with a ``scale_factor`` for converters (TensorRT,
-CoreML, TFLite, OpenVINO) to trip on.
+time. Its ops are Pad, Conv, InstanceNormalization, Relu, Add, Mul, Tanh, Slice, Concat,
+Reshape and shape arithmetic (Shape, Gather, Unsqueeze, …; ``CONVERTER_SAFE_OPS``): no
+``Resize``/``Upsample`` with a ``scale_factor`` for converters (TensorRT, CoreML, TFLite,
+OpenVINO) to trip on.
 
 Exported models take RGB float32 ``(B, 3, H, W)`` in [0, 1] with H, W ≥ 8 and return the same
 shape in [0, 1] (input name ``image``, output name ``stylized``).
@@ -33,9 +34,14 @@ from torch import nn
 from fast_style.transformer import SIZE_MULTIPLE, TransformerNet
 
 FORMATS = ("onnx", "torchscript")
+# Every op the exported graph may contain (checked by the tests): plain tensor ops and shape
+# arithmetic that ONNX converters handle.
+_SAFE_OPS = """Pad Conv InstanceNormalization Relu Add Sub Mul Neg Mod Tanh Slice Concat Reshape
+    Transpose Unsqueeze Shape Gather Constant ConstantOfShape Cast Identity"""
+CONVERTER_SAFE_OPS = frozenset(_SAFE_OPS.split())
 ONNX_OPSET = 17
 INPUT_NAME, OUTPUT_NAME, NORM_INPUT_NAME = "image", "stylized", "norm_affine"
-DEPLOY_VERSION = 2  # bump when DeployNet's graph changes (invalidates cached exports)
+DEPLOY_VERSION = 3  # bump when DeployNet's graph changes (invalidates cached exports)
 
 
 def _phase_kernels(k: torch.Tensor) -> torch.Tensor:
@@ -58,10 +64,14 @@ class SubPixelConvLayer(nn.Module):
     """``UpsampleConv`` (nearest ×2 → reflect pad → 3×3 conv → IN → ReLU) computed at low
     resolution: the 4 phase convs with 2×2 kernels (16 instead of 36 multiply-adds per input
     pixel and channel pair) run as *one* conv to 4 · Cout channels over the replicate-padded
-    input; phase (a, b) is that output shifted by (a, b), and the phases are interleaved by
-    ``pixel_shuffle`` (ONNX DepthToSpace). Same result. One conv over the whole input instead
+    input; phase (a, b) is that output shifted by (a, b). One conv over the whole input instead
     of four over shifted input slices moves half the bytes (the shifts act on Cout rather than
-    Cin = 2 · Cout channels) and needs one layout reorder instead of four in ONNX Runtime."""
+    Cin = 2 · Cout channels) and needs one layout reorder instead of four in ONNX Runtime.
+
+    The phases are interleaved by two stacks and free reshapes (columns within each row
+    phase, then the two row phases) rather than ``pixel_shuffle``: ONNX Runtime's
+    ``DepthToSpace`` was the slowest copy of the network (A/B in docs/benchmarks.md). Same
+    result."""
 
     def __init__(self, up: nn.Module):
         super().__init__()
@@ -76,13 +86,15 @@ class SubPixelConvLayer(nn.Module):
         co = self.weight.shape[0] // 4
         # (B, 4 · Cout, h + 1, w + 1): output (i, j) of phase (a, b) is at (i + a, j + b)
         y = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), self.weight, self.bias)
-        phases: list[torch.Tensor] = []
+        rows: list[torch.Tensor] = []
         for a in range(2):
-            for b in range(2):
-                i = 2 * a + b
-                phases.append(y[:, i * co : (i + 1) * co, a : a + h, b : b + w])
-        y = torch.stack(phases, 2).flatten(1, 2)  # channel c * 4 + phase, as pixel_shuffle wants
-        return self.act(self.norm(F.pixel_shuffle(y, 2)))
+            left = y[:, (2 * a) * co : (2 * a + 1) * co, a : a + h, 0:w]
+            right = y[:, (2 * a + 1) * co : (2 * a + 2) * co, a : a + h, 1 : 1 + w]
+            # (B, Cout, h, w, 2) → (B, Cout, h, 2w): output row 2i + a
+            rows.append(torch.stack([left, right], -1).reshape(y.shape[0], co, h, 2 * w))
+        # (B, Cout, h, 2, 2w) → (B, Cout, 2h, 2w)
+        up = torch.stack(rows, 3).reshape(y.shape[0], co, 2 * h, 2 * w)
+        return self.act(self.norm(up))
 
 
 class RowSplitConv(nn.Module):

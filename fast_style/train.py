@@ -34,7 +34,7 @@ from fast_style.config import PROJECT_ROOT, ConfigError, TrainSettings, resolve_
 from fast_style.data import StyleDataModule
 from fast_style.imaging import ImageReadError
 from fast_style.loss.vgg import LossNetworkWeightsError
-from fast_style.model_io import save_safetensors
+from fast_style.model_io import ModelFileError, read_checkpoint, save_safetensors
 from fast_style.system import StyleTransferSystem
 
 log = logging.getLogger("fast_style.train")
@@ -196,9 +196,23 @@ def _safe_resume_kwargs() -> dict[str, Any]:
     return {"weights_only": True} if "weights_only" in params else {}
 
 
+def _resume_checkpoint(settings: TrainSettings) -> str | None:
+    """``ckpt_path`` checked before anything is built: it exists, and it reads as plain data
+    with fast_style's metadata (``weights_only=True``: a file that would run pickled code is
+    refused), else one clear error."""
+    if not settings.ckpt_path:
+        return None
+    ckpt = resolve_path(settings.ckpt_path)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"ckpt_path: no such checkpoint: {ckpt}")
+    read_checkpoint(ckpt)
+    return str(ckpt)
+
+
 def train(settings: TrainSettings, run_dir: Path) -> Path | None:
     """Fit, then export ``<style>.safetensors`` (one per style) into ``run_dir``; returns the
     first one's path (rank 0)."""
+    ckpt = _resume_checkpoint(settings)
     if settings.seed is not None:
         pl.seed_everything(settings.seed, workers=True)
     max_steps = int(settings.trainer.get("max_steps") or 0)
@@ -235,9 +249,6 @@ def train(settings: TrainSettings, run_dir: Path) -> Path | None:
         callbacks=callbacks,
         **kwargs,
     )
-    ckpt = str(resolve_path(settings.ckpt_path)) if settings.ckpt_path else None
-    if ckpt and not Path(ckpt).is_file():
-        raise FileNotFoundError(f"ckpt_path: no such checkpoint: {ckpt}")
     trainer.fit(system, datamodule=data, ckpt_path=ckpt, **_safe_resume_kwargs())
     if not trainer.is_global_zero:
         return None
@@ -257,7 +268,13 @@ def _hydra_main(cfg: DictConfig) -> None:
     try:
         settings = validate(cfg)
         train(settings, Path(HydraConfig.get().runtime.output_dir))
-    except (ConfigError, LossNetworkWeightsError, ImageReadError, FileNotFoundError) as e:
+    except (
+        ConfigError,
+        LossNetworkWeightsError,
+        ImageReadError,
+        FileNotFoundError,
+        ModelFileError,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -99,3 +99,31 @@ def test_interrupt_saves_last_checkpoint_and_says_how_to_resume(tmp_path, vgg_we
     assert proc.returncode != 0
     assert "interrupted at step" in err and "ckpt_path=" in err
     assert _step(run / "checkpoints" / "last.ckpt") >= 2
+
+
+class _Payload:
+    """Unpickling this would create ``path``: the code a hostile checkpoint would run."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path, vgg_weights, train_dir):
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "bad.ckpt"
+    torch.save({"state_dict": {}, "global_step": 3, "payload": _Payload(marker)}, bad)
+    proc = run_train(smoke_args(tmp_path / "run", f"ckpt_path={bad}"), timeout=300)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "refused to load" in last
+    assert not marker.exists()
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained
+
+
+def test_resume_from_a_missing_checkpoint_is_one_clear_error(tmp_path, vgg_weights, train_dir):
+    proc = run_train(smoke_args(tmp_path / "run", f"ckpt_path={tmp_path / 'nope.ckpt'}"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ckpt_path: no such checkpoint")

@@ -36,6 +36,7 @@ AVX2 reference CPU, 512² full width ≤ 0.60 s, slim ≤ 0.15 s.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -122,9 +123,11 @@ def make_runner(backend: str, net: TransformerNet, device: torch.device, threads
     if backend not in VARIANTS:
         raise ValueError(f"unknown backend {backend!r}")
     deploy, precision, cl, mode = VARIANTS[backend]
-    model = (DeployNet(net) if deploy else net).to(device).eval()
     cast = torch.bfloat16 if precision == "bf16" else None
     fmt = torch.channels_last if cl else torch.contiguous_format
+    # A copy: Module.to() works in place, and DeployNet shares layers with its net, so casting
+    # or re-laying out one variant must not change the net the next variant is built from.
+    model = copy.deepcopy(DeployNet(net) if deploy else net).eval()
     model = model.to(device, dtype=cast, memory_format=fmt)
     if mode is not None:
         model = torch.compile(model, dynamic=False, mode=mode)

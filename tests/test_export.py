@@ -126,3 +126,23 @@ def test_bench_script_runs_and_writes_json(tmp_path, capsys):
     assert {r["backend"] for r in rows} == {"deploy", "onnxruntime"}
     assert all(r["median_s"] > 0 for r in rows)
     assert "| slim | onnxruntime |" in capsys.readouterr().out
+
+
+def test_bench_variants_leave_the_given_net_unchanged():
+    import importlib.util
+
+    from fast_style.config import PROJECT_ROOT
+
+    spec = importlib.util.spec_from_file_location(
+        "bench", PROJECT_ROOT / "scripts" / "bench_stylize.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    net = TransformerNet((8, 16, 16), 1).eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    for backend in ("bf16w", "bf16w-plain", "channels_last"):  # cast / relayout in place
+        bench.make_runner(backend, net, torch.device("cpu"), 1)
+    after = net.state_dict()
+    for k, v in before.items():
+        assert after[k].dtype == v.dtype and after[k].is_contiguous(), k
+        assert torch.equal(after[k], v), k

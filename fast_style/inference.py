@@ -9,8 +9,10 @@ On CPU all backends run ``fast_style.export.DeployNet``, the network re-paramete
 ``eager`` PyTorch (channels_last by default), ``compile`` (``torch.compile``), ``onnxruntime``
 (the ONNX export, cached on disk by weight hash, run by ONNX Runtime with all graph
 optimisations; tiles of tiled inference use a second export whose instance norms take the
-frozen statistics as an input). ``auto`` picks ONNX Runtime on CPU when
-it is installed (fastest there, see docs/benchmarks.md) and PyTorch otherwise.
+frozen statistics as an input), ``fused`` (CPU: PyTorch's convolutions with the layers between
+them fused into C kernels compiled at first use, ``fast_style.fused_cpu``). ``auto`` picks, on
+CPU, ``fused`` when a C compiler can build it, else ONNX Runtime when it is installed, else
+PyTorch (the fastest first, see docs/benchmarks.md); on GPUs, PyTorch.
 
 Tiling for images too large for memory
 --------------------------------------
@@ -76,7 +78,7 @@ from fast_style.model_io import describe, load_model, resolve_model
 from fast_style.transformer import MIN_SIZE, SIZE_MULTIPLE, TransformerNet
 
 DEFAULT_MODEL_DIRS: list[Path] = [PROJECT_ROOT / "checkpoints"]
-BACKENDS = ("auto", "eager", "compile", "onnxruntime")
+BACKENDS = ("auto", "eager", "compile", "onnxruntime", "fused")
 
 STATS_PIXELS = 1024 * 1024  # largest thumbnail for the statistics pass of tiled inference
 AUTO_TILE_PIXELS = 2048 * 2048  # stylize_image tiles larger images even without tile=
@@ -446,7 +448,8 @@ class Stylizer:
     ``model``: a path (``.ckpt``/``.safetensors``), a bare style name looked up in
     ``search_dirs`` (default ``DEFAULT_MODEL_DIRS``), or a ``TransformerNet`` (with ``meta``).
     ``half``: fp16 (``True``/``"fp16"``) or ``"bf16"`` autocast on GPU; ignored on CPU.
-    ``backend``: ``auto`` | ``eager`` | ``compile`` | ``onnxruntime`` (see the module docstring).
+    ``backend``: ``auto`` | ``eager`` | ``compile`` | ``onnxruntime`` | ``fused`` (see the module
+    docstring).
     Thread-safe: PyTorch forwards are serialised with a lock.
     """
 
@@ -488,18 +491,38 @@ class Stylizer:
         self.stats_pixels = stats_pixels
         self._lock = threading.RLock()
         self.backend = self._pick_backend(backend)
+        if self.device.type == "cpu":
+            from fast_style.fused_cpu import tune_malloc
+
+            # Every CPU backend reuses large freed activations instead of page-faulting them back
+            # in (fused_cpu.tune_malloc: up to 30% of an eager forward here).
+            tune_malloc()
         self._runner: Callable[[torch.Tensor], torch.Tensor] = self._torch_forward
-        self._tile_runner: _OrtRunner | None = None  # built on the first tiled image
+        self._tile_runner: Callable[..., torch.Tensor] | None = None  # for tiled images
         if self.backend == "onnxruntime":
             self._runner = _OrtRunner(self.net)
+        elif self.backend == "fused":
+            from fast_style.fused_cpu import FusedRunner
+
+            # the same runner takes the frozen statistics of tiled inference
+            self._runner = self._tile_runner = FusedRunner(self.net)
         elif self.backend == "compile":
             self._compiled = torch.compile(self.deploy, dynamic=True)
             self._runner = self._compiled_forward
 
     def _pick_backend(self, backend: str) -> str:
+        from fast_style.fused_cpu import fused_available, unavailable_reason
+
+        cpu = self.device.type == "cpu"
         if backend == "auto":
-            use_ort = self.device.type == "cpu" and onnxruntime_available()
-            return "onnxruntime" if use_ort else "eager"
+            if cpu and fused_available():
+                return "fused"
+            return "onnxruntime" if cpu and onnxruntime_available() else "eager"
+        if backend == "fused":
+            if not cpu:
+                raise ValueError("backend 'fused' runs on CPU only (use --device cpu)")
+            if not fused_available():
+                raise ValueError(f"backend 'fused' is unavailable here: {unavailable_reason()}")
         if backend == "onnxruntime":
             if self.device.type != "cpu":
                 raise ValueError("backend 'onnxruntime' runs on CPU only (use --device cpu)")
@@ -618,7 +641,7 @@ class Stylizer:
                 write(y0, y1, rows)
 
             # 2. tile pass with every instance norm frozen to the image's statistics.
-            if self.backend == "onnxruntime":
+            if self.backend in ("onnxruntime", "fused"):
                 if self._tile_runner is None:
                     self._tile_runner = _OrtRunner(self.net, frozen_norms=True)
                 runner, affine = self._tile_runner, pack_norm_affine(self.deploy, stats)

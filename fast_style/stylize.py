@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend",
         choices=BACKENDS,
         default="auto",
-        help="auto: ONNX Runtime on CPU when installed, else PyTorch",
+        help="auto: on CPU the fused kernels (built with the C compiler at first use), else "
+        "ONNX Runtime, else PyTorch; on GPU PyTorch",
     )
     g.add_argument(
         "--half",

@@ -14,7 +14,11 @@ same rows as JSON (``--json``, default ``outputs/bench_stylize.json``). Backends
 * ``compile``: ``torch.compile`` of the channels_last ``DeployNet``; each new shape compiles
   for minutes on a 2-core CPU, so on CPU it is timed at ``--compile-sizes`` only (512²);
 * ``onnxruntime``: the model exported by ``fast_style.export``, ONNX Runtime with all graph
-  optimisations (on CPU this is ``Stylizer``'s default backend);
+  optimisations (``Stylizer``'s CPU default when no C compiler is available);
+* ``fused``: ``fast_style.fused_cpu`` (PyTorch's oneDNN convolutions, the layers between them
+  fused into C kernels built at first use; ``Stylizer``'s CPU default). It raises glibc's
+  malloc thresholds, process-wide (so does ``Stylizer`` on CPU), so the script does that up
+  front for every backend (``--no-malloc-tuning``: for none, to measure what it brings);
 * ``ort-int8`` (``--int8``): ONNX Runtime static int8 quantisation (QDQ, per-channel weights),
   calibrated on photos, with its PSNR against fp32 on held-out photos;
 * on GPU also ``fp16``/``bf16`` autocast (``--half``) of the channels_last ``DeployNet``, and
@@ -52,6 +56,7 @@ import numpy as np
 import torch
 
 from fast_style.export import DeployNet, to_onnx_bytes
+from fast_style.fused_cpu import FusedRunner, tune_malloc
 from fast_style.imaging import list_images, load_rgb, pil_to_tensor, resize_long_side
 from fast_style.model_io import load_model
 from fast_style.transformer import TransformerNet
@@ -65,7 +70,7 @@ SIZES = {
     "1920×1080": (1080, 1920),
     "3840×2160": (2160, 3840),
 }
-CPU_BACKENDS = ("eager", "deploy", "channels_last", "compile", "onnxruntime")
+CPU_BACKENDS = ("eager", "deploy", "channels_last", "compile", "onnxruntime", "fused")
 GPU_BACKENDS = ("eager", "deploy", "channels_last", "compile", "fp16", "bf16", "fast", "fast-w")
 PHOTOS = REPO.parent / "shared" / "data" / "eval" / "kodak24"
 
@@ -120,6 +125,9 @@ def make_runner(backend: str, net: TransformerNet, device: torch.device, threads
         )
         name = session.get_inputs()[0].name
         return lambda x: session.run(None, {name: x.numpy()})[0]
+    if backend == "fused":
+        fused = FusedRunner(net, threads)
+        return lambda x: fused(x)
     if backend not in VARIANTS:
         raise ValueError(f"unknown backend {backend!r}")
     deploy, precision, cl, mode = VARIANTS[backend]
@@ -195,9 +203,13 @@ def time_runner(
     idle_wait: float = 0,
     batch: int = 1,
     device: torch.device | None = None,
+    cold: bool = False,
 ) -> tuple[list[float], int]:
-    """Latencies of ``repeats`` runs, and how many of them started on an otherwise idle CPU
-    (with ``idle_wait`` > 0 each run first waits up to that long for other jobs to pause).
+    """Latencies of ``repeats`` runs, and how many of them started on an otherwise idle CPU.
+
+    With ``idle_wait`` > 0 each run first waits up to that long for other jobs to pause, then
+    (unless ``cold``) makes one untimed run: the host clocks its cores down while idle, and a
+    run right after an idle pause was 20-30% slower for every backend (docs/benchmarks.md).
     On a GPU the input is created there: frame upload is not timed (as for decoded video)."""
     x = torch.rand(batch, 3, *shape, device=device if device and device.type == "cuda" else None)
     for _ in range(warmup):
@@ -206,6 +218,8 @@ def time_runner(
     for _ in range(repeats):
         if idle_wait > 0:
             idle += wait_idle(idle_wait)
+            if not cold:
+                run(x)
         t0 = time.perf_counter()
         run(x)
         times.append(time.perf_counter() - t0)
@@ -339,6 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="before each timed run wait up to S s for other processes to leave the CPU idle",
     )
+    p.add_argument(
+        "--cold",
+        action="store_true",
+        help="with --wait-idle: time the first run after the idle pause (no re-warm run)",
+    )
     p.add_argument("--batch", type=int, default=1, help="images per forward (times per image)")
     p.add_argument("--memory", action="store_true", help="GPU: peak memory at 3840×2160")
     p.add_argument(
@@ -348,6 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="GPU: print the top CUDA kernels of these backends (comma list) at 1920×1080",
     )
     p.add_argument("--compile-sizes", default="512²", help="sizes timed with torch.compile on CPU")
+    p.add_argument(
+        "--no-malloc-tuning",
+        action="store_true",
+        help="leave glibc's malloc thresholds alone, for every backend (A/B of the tuning)",
+    )
     p.add_argument("--json", default=str(REPO / "outputs" / "bench_stylize.json"))
     return p
 
@@ -366,6 +390,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
+    # The fused backend raises glibc's malloc thresholds (fast_style.fused_cpu.tune_malloc) and
+    # that is process-wide: set it up front so that every PyTorch backend is timed alike.
+    if args.no_malloc_tuning:
+        os.environ["FAST_STYLE_MALLOC_TUNING"] = "0"  # the fused backend would set it too
+    malloc_tuned = tune_malloc()
     gpu = device.type == "cuda"
     default = GPU_BACKENDS if gpu else CPU_BACKENDS
     backends = args.backends.split(",") if args.backends else list(default)
@@ -395,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 compiled = backend in VARIANTS and VARIANTS[backend][3] is not None
                 warmup = 3 if compiled else 1  # compile, and record CUDA graphs
                 times, idle = time_runner(
-                    run, SIZES[size], repeats, warmup, args.wait_idle, args.batch, device
+                    run, SIZES[size], repeats, warmup, args.wait_idle, args.batch, device, args.cold
                 )
                 med = statistics.median(times) / args.batch
                 rows.append(
@@ -436,6 +465,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "onnxruntime": _version("onnxruntime"),
         "load_average": _loadavg(),
         "weights": args.model or "random",
+        "malloc_tuned": malloc_tuned,
+        "cold_runs": bool(args.cold and args.wait_idle),
         "peak_memory_3840x2160": env_memory,
     }
     print_table(rows, sizes, env, quality)

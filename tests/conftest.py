@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FAST_STYLE_SHARED", REPO.parent / "shared"))
 VGG_FILE = SHARED / "weights" / "vgg16-imagenet-features-fp16.pth"
 TRAIN_DIR = SHARED / "data" / "train"
+# Built kernels and ONNX exports go to a throw-away cache, not the user's ~/.cache (some modules
+# build the fused CPU kernels at collection time, before any fixture runs).
+os.environ.setdefault("FAST_STYLE_CACHE", tempfile.mkdtemp(prefix="fast_style_test_cache_"))
 
 
 @pytest.fixture(autouse=True)

@@ -120,11 +120,17 @@ def test_bench_script_runs_and_writes_json(tmp_path, capsys):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "bench.json"
-    argv = ["--sizes", "256²", "--widths", "slim", "--backends", "deploy,onnxruntime"]
-    assert bench.main([*argv, "--repeats", "1", "--json", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
-    assert {r["backend"] for r in rows} == {"deploy", "onnxruntime"}
+    from fast_style.fused_cpu import fused_available
+
+    backends = {"deploy", "onnxruntime"} | ({"fused"} if fused_available() else set())
+    argv = ["--sizes", "256²", "--widths", "slim", "--backends", ",".join(sorted(backends))]
+    argv += ["--wait-idle", "0.05", "--repeats", "1", "--json", str(out)]
+    assert bench.main(argv) == 0
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert {r["backend"] for r in rows} == backends
     assert all(r["median_s"] > 0 for r in rows)
+    assert result["env"]["cold_runs"] is False and "malloc_tuned" in result["env"]
     assert "| slim | onnxruntime |" in capsys.readouterr().out
 
 

@@ -133,7 +133,8 @@ def test_onnx_export_is_cached_and_a_damaged_cache_is_rebuilt(tmp_path, monkeypa
 @pytest.mark.skipif(not onnxruntime_available(), reason="onnxruntime not installed")
 def test_onnxruntime_backend_matches_eager(stylizer):
     ort = Stylizer(tiny_net(), device="cpu", backend="onnxruntime")
-    assert Stylizer(tiny_net(), device="cpu").backend == "onnxruntime"  # the CPU default
+    # the CPU default: the fused kernels when they build, else ONNX Runtime (test_fused_cpu.py)
+    assert Stylizer(tiny_net(), device="cpu").backend in ("fused", "onnxruntime")
     for shape in [(1, 3, 5, 3), (2, 3, 37, 50)]:
         x = torch.rand(shape)
         torch.testing.assert_close(

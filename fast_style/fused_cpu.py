@@ -262,6 +262,14 @@ def _vec(t: torch.Tensor) -> torch.Tensor:
     return t.detach().float().contiguous()
 
 
+def _conv2d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int = 1
+) -> torch.Tensor:
+    """``F.conv2d`` with a channels_last result (oneDNN's is already; this guards the kernels'
+    layout assumption for any torch version or shape)."""
+    return F.conv2d(x, weight, bias, stride).contiguous(memory_format=_CL)
+
+
 def _conv(conv: torch.nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
     """A conv's (weight, bias), ready for ``F.conv2d`` on channels_last inputs."""
     return _cl(conv.weight), _vec(conv.bias)
@@ -365,14 +373,14 @@ class FusedRunner:
         p = self.out_pad
         y = F.pad(x, (p, p, p, p), mode="reflect").contiguous(memory_format=_CL)
         for weight, bias, stride, norm in self.encoder:
-            t = F.conv2d(y, weight, bias, stride)
+            t = _conv2d(y, weight, bias, stride)
             size = (b, t.shape[2], t.shape[3])
             y = self._norm(_src(t), size, norm, next(affines), relu=True, pad=1)
         for i, ((wa, ba, na), (wb, bb, nb)) in enumerate(self.residuals):
-            t = F.conv2d(y, wa, ba)
+            t = _conv2d(y, wa, ba)
             size = (b, t.shape[2], t.shape[3])
             mid = self._norm(_src(t), size, na, next(affines), relu=True, pad=1)
-            u = F.conv2d(mid, wb, bb)
+            u = _conv2d(mid, wb, bb)
             # the last block's output feeds the sub-pixel stage, which pads by replication
             last = i == len(self.residuals) - 1
             y = self._norm(
@@ -380,7 +388,7 @@ class FusedRunner:
                 skip=_src(y, offset=1),
             )  # fmt: skip
         for j, (weight, bias, norm) in enumerate(self.ups):
-            t = F.conv2d(y, weight, bias)  # (B, 4 C, h + 1, w + 1): the four phases
+            t = _conv2d(y, weight, bias)  # (B, 4 C, h + 1, w + 1): the four phases
             size = (b, 2 * (t.shape[2] - 1), 2 * (t.shape[3] - 1))
             src = _src(t, channels=t.shape[1] // 4, sub=True)
             last = j == len(self.ups) - 1
@@ -388,7 +396,7 @@ class FusedRunner:
                 src, size, norm, next(affines), relu=True, pad=p if last else 1,
                 replicate=not last,
             )  # fmt: skip
-        t = F.conv2d(y, self.out_weight, self.out_bias).contiguous(memory_format=_CL)
+        t = _conv2d(y, self.out_weight, self.out_bias)
         out = torch.empty(b, self.cout, h, w)
         self.lib.fs_rowsplit_tail(
             t.data_ptr(), b, t.shape[2], t.shape[3], t.shape[1], self.cout, self.rows, h, w,

@@ -12,7 +12,9 @@ optimisations; tiles of tiled inference use a second export whose instance norms
 frozen statistics as an input), ``fused`` (CPU: PyTorch's convolutions with the layers between
 them fused into C kernels compiled at first use, ``fast_style.fused_cpu``). ``auto`` picks, on
 CPU, ``fused`` when a C compiler can build it, else ONNX Runtime when it is installed, else
-PyTorch (the fastest first, see docs/benchmarks.md); on GPUs, PyTorch.
+PyTorch (the fastest first, see docs/benchmarks.md); on GPUs, PyTorch. On CPU, ``Stylizer``
+also raises glibc's malloc thresholds (``fast_style.fused_cpu.tune_malloc``, process-wide) so
+that large activations are reused rather than page-faulted in again for every image.
 
 Tiling for images too large for memory
 --------------------------------------

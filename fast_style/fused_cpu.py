@@ -134,11 +134,16 @@ def _library_path(cc: str) -> Path:
     return ext_cache_dir() / f"fused_glue-{key.hexdigest()[:24]}.so"
 
 
+def _check_switch() -> None:
+    """Raise ``FusedUnavailableError`` when ``FAST_STYLE_NO_FUSED`` switches the backend off."""
+    if os.environ.get("FAST_STYLE_NO_FUSED", "") not in ("", "0"):
+        raise FusedUnavailableError("switched off by FAST_STYLE_NO_FUSED")
+
+
 def build_library(force: bool = False) -> Path:
     """Compile ``csrc/fused_glue.c`` (about 2 s) unless a cached build exists; returns
     the shared library's path. Raises ``FusedUnavailableError`` with the reason."""
-    if os.environ.get("FAST_STYLE_NO_FUSED", "") not in ("", "0"):
-        raise FusedUnavailableError("switched off by FAST_STYLE_NO_FUSED")
+    _check_switch()
     cc = find_compiler()
     if cc is None:
         raise FusedUnavailableError("no C compiler found (set CC or install gcc)")
@@ -184,8 +189,7 @@ def load_library() -> ctypes.CDLL:
     """The compiled kernels (built on first use, once per process). A cached build that does
     not load (damaged file) is rebuilt once. Raises ``FusedUnavailableError``."""
     global _LIB, _LIB_ERROR
-    if os.environ.get("FAST_STYLE_NO_FUSED", "") not in ("", "0"):
-        raise FusedUnavailableError("switched off by FAST_STYLE_NO_FUSED")
+    _check_switch()
     with _LIB_LOCK:
         if _LIB is not None:
             return _LIB

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fast_style.fileio import atomic_write
 from fast_style.transformer import SIZE_MULTIPLE, TransformerNet
 
 FORMATS = ("onnx", "torchscript")
@@ -277,8 +278,8 @@ def export_onnx(net: TransformerNet, path: str | os.PathLike, meta: dict | None 
         entry = model.metadata_props.add()
         entry.key, entry.value = "fast_style", json.dumps(meta)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
+    with atomic_write(path) as tmp:  # a killed export never leaves a half-written file
+        onnx.save(model, str(tmp))
     return path
 
 
@@ -294,11 +295,10 @@ def export_torchscript(
 ) -> Path:
     """Write a TorchScript archive; ``meta`` is stored as the extra file ``fast_style.json``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     extra = {"fast_style.json": json.dumps(meta or {})}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), atomic_write(path) as tmp:
         warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.save(to_torchscript(net), str(path), _extra_files=extra)
+        torch.jit.save(to_torchscript(net), str(tmp), _extra_files=extra)
     return path
 
 

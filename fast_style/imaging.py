@@ -9,14 +9,18 @@ Conventions used everywhere in fast_style (training, inference, Gatys, evaluatio
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from fast_style.fileio import atomic_write
 
 # torchvision's ImageNet statistics. Both torchvision's VGG weights and the Caffe-converted
 # file in ../shared expect RGB in [0, 1] normalised with these.
@@ -27,9 +31,14 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
 )
 
-# Pillow refuses images above 2 × MAX_IMAGE_PIXELS as decompression bombs. fast_style's
-# default limit is 200 MP (a 100 MP photo must go through tiled inference); callers may lower it.
+# The one pixel limit of fast_style (a 100 MP photo must go through tiled inference); callers
+# may lower or raise it. Pillow's own decompression-bomb check (a warning above
+# Image.MAX_IMAGE_PIXELS ≈ 89 MP, an error above twice that) is switched off while fast_style
+# opens an image, so that this number, and only this one, applies.
 DEFAULT_MAX_PIXELS = 200_000_000
+
+# A mask may differ from its image in resolution, not in shape: aspect ratios within 2 %.
+MASK_ASPECT_TOLERANCE = 0.02
 
 
 class ImageReadError(ValueError):
@@ -43,17 +52,53 @@ def normalize_imagenet(x: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
-def list_images(root: str | os.PathLike, recursive: bool = True) -> list[Path]:
-    """All image files under ``root`` (sorted, by extension), searched recursively by default."""
+def _is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+
+
+def list_images(
+    root: str | os.PathLike, recursive: bool = True, notes: list[str] | None = None
+) -> list[Path]:
+    """All image files under ``root`` (sorted, by extension), searched recursively by default.
+
+    Symlinked sub-folders are followed, but every real folder is searched once: a link back to
+    an ancestor (a loop) or a second path to a folder already searched is skipped, with one line
+    appended to ``notes`` (when given) for each."""
     root = Path(root)
     if root.is_file():
         return [root]
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
-    pattern = "**/*" if recursive else "*"
-    return sorted(
-        p for p in root.glob(pattern) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-    )
+    if not recursive:
+        return sorted(p for p in root.iterdir() if _is_image_file(p))
+    found: list[Path] = []
+    visited = {os.path.realpath(root): root}  # real folder → the first path it was reached by
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        here = Path(dirpath)
+        found += [here / f for f in filenames if _is_image_file(here / f)]
+        # Real sub-folders before links, so that a folder and a link to it keep the real name.
+        order = sorted(dirnames, key=lambda d: (os.path.islink(here / d), d))
+        dirnames[:] = _unvisited(here, order, visited, notes)
+    return sorted(found)
+
+
+def _unvisited(
+    parent: Path, names: list[str], visited: dict[str, Path], notes: list[str] | None
+) -> list[str]:
+    """The sub-folders of ``parent`` not searched yet (marking them visited); notes the others."""
+    keep = []
+    parent_real = os.path.realpath(parent)
+    for name in names:
+        real = os.path.realpath(parent / name)
+        if real not in visited:
+            visited[real] = parent / name
+            keep.append(name)
+        elif notes is not None:
+            # A folder that contains the current one is a loop; anything else is a duplicate.
+            loop = parent_real == real or parent_real.startswith(real.rstrip(os.sep) + os.sep)
+            why = "links back to" if loop else "is the same folder as"
+            notes.append(f"{parent / name}: skipped, it {why} {visited[real]}")
+    return keep
 
 
 def _sixteen_bit_to_8(img: Image.Image) -> Image.Image:
@@ -88,25 +133,76 @@ def split_alpha(img: Image.Image) -> tuple[Image.Image, Image.Image | None]:
     return (img if img.mode == "RGB" else img.convert("RGB")), None
 
 
+class _PillowLimitLift:
+    """Switch Pillow's decompression-bomb check off (``Image.MAX_IMAGE_PIXELS = None``) while
+    fast_style opens images, so that fast_style's own ``max_pixels`` is the only limit.
+
+    Pillow reads that module global at every check, so the lift must last from ``Image.open``
+    to the end of decoding (GIF, TIFF and MPO check again while loading). The server decodes in
+    threads: overlapping opens share one lift (a counter under a lock), and the last one out
+    restores the previous value, so neither pre-empts nor leaks the lift. Pillow calls made
+    elsewhere in the process during a lift are unchecked too; every read of an untrusted image
+    in fast_style goes through ``open_image`` / ``open_image_bytes``, which apply the limit."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved: int | None = None
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._users == 0:
+                self._saved = Image.MAX_IMAGE_PIXELS
+                Image.MAX_IMAGE_PIXELS = None
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    Image.MAX_IMAGE_PIXELS = self._saved
+
+
+_pillow_limit_lifted = _PillowLimitLift()
+
+
+def _megapixels(n: int) -> str:
+    """``185.0 MP``; small limits (tests, tight servers) in pixels rather than ``0.0 MP``."""
+    return f"{n / 1e6:.1f} MP" if n >= 100_000 else f"{n} pixels"
+
+
 def _checked_load(
-    im: Image.Image, name: str, max_pixels: int | None, too_large: type[ImageReadError]
+    im: Image.Image,
+    name: str,
+    max_pixels: int | None,
+    too_large: type[ImageReadError],
+    hint: str | None = None,
 ) -> Image.Image:
     """Refuse more than ``max_pixels`` before decoding (header only), then decode and apply
-    the EXIF orientation."""
+    the EXIF orientation. ``hint`` (how to raise the limit) ends the too-large message."""
     w, h = im.size
     if max_pixels is not None and w * h > max_pixels:
         raise too_large(
-            f"{name}: {w}x{h} = {w * h / 1e6:.1f} MP exceeds the limit of {max_pixels / 1e6:.1f} MP"
+            f"{name}: {w}x{h} = {_megapixels(w * h)} exceeds the limit of "
+            f"{_megapixels(max_pixels)}" + (f"; {hint}" if hint else "")
         )
     im.load()
     return ImageOps.exif_transpose(im) or im
 
 
-def open_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_image(
+    path: str | os.PathLike,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    hint: str | None = None,
+) -> Image.Image:
     """Open, fully decode and EXIF-orient an image file.
 
     Raises ``ImageReadError`` with a one-line message for a missing, corrupt, non-image or
-    too-large file. The returned image keeps its mode (use ``split_alpha`` for RGB).
+    too-large file (more than ``max_pixels``, None: no limit; ``hint`` ends that message, e.g.
+    the option that raises the limit). The returned image keeps its mode (use ``split_alpha``
+    for RGB).
     """
     path = Path(path)
     if not path.exists():
@@ -114,8 +210,8 @@ def open_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     if path.is_dir():
         raise ImageReadError(f"{path}: is a directory, not an image")
     try:
-        with Image.open(path) as im:
-            return _checked_load(im, str(path), max_pixels, ImageReadError)
+        with _pillow_limit_lifted(), Image.open(path) as im:
+            return _checked_load(im, str(path), max_pixels, ImageReadError, hint)
     except ImageReadError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError) as e:
@@ -199,18 +295,24 @@ def save_image(
 ) -> Path:
     """Write an image; the format follows the extension (jpg, png, webp, …).
 
-    ``alpha`` (an L image of the same size) is re-attached for formats that carry it.
+    ``alpha`` (an L image of the same size) is re-attached for formats that carry it. The file
+    is written crash-safely (``fileio.atomic_write``): a killed run never leaves a half-written
+    image under ``path``.
     """
     path = Path(path)
     img = tensor_to_pil(x) if isinstance(x, torch.Tensor) else x
     ext = path.suffix.lower()
+    # The temporary file's name has no image extension, so the format is named explicitly.
+    fmt = Image.registered_extensions().get(ext)
+    if fmt is None:
+        raise ValueError(f"{path}: cannot write this image format ({ext or 'no extension'})")
     if alpha is not None and ext in (".png", ".webp", ".tif", ".tiff"):
         img = img.convert("RGBA")
         img.putalpha(alpha.resize(img.size) if alpha.size != img.size else alpha)
-    path.parent.mkdir(parents=True, exist_ok=True)
     kwargs = {"quality": quality} if ext in (".jpg", ".jpeg", ".webp") else {}
     try:
-        img.save(path, **kwargs)
+        with atomic_write(path) as tmp:
+            img.save(tmp, format=fmt, **kwargs)
     except (KeyError, ValueError) as e:
         raise ValueError(f"{path}: cannot write this image format ({e})") from e
     return path
@@ -259,6 +361,7 @@ def open_image_bytes(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     name: str = "upload",
     formats: Sequence[str] | None = UPLOAD_FORMATS,
+    hint: str | None = None,
 ) -> Image.Image:
     """Decode an image held in memory with ``open_image``'s rules; ``formats`` restricts the
     Pillow decoders tried (None: all). Raises ``NotAnImageError``, ``ImageTooLargeError`` or
@@ -269,8 +372,8 @@ def open_image_bytes(
         Image.init()  # register every plugin, then keep the accepted ones this Pillow has
         formats = [f for f in formats if f in Image.OPEN]
     try:
-        with Image.open(io.BytesIO(data), formats=formats or None) as im:
-            return _checked_load(im, name, max_pixels, ImageTooLargeError)
+        with _pillow_limit_lifted(), Image.open(io.BytesIO(data), formats=formats or None) as im:
+            return _checked_load(im, name, max_pixels, ImageTooLargeError, hint)
     except ImageReadError:
         raise
     except Image.DecompressionBombError as e:
@@ -280,3 +383,25 @@ def open_image_bytes(
         raise NotAnImageError(f"{name}: not an image of an accepted type ({accepted})") from e
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageReadError(f"{name}: corrupt or truncated image ({e})") from e
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks: one rule for the CLI, the library and the server.
+
+
+class MaskSizeError(ValueError):
+    """A mask whose aspect ratio differs from its image's (it would be stretched)."""
+
+    def __init__(self, mask_size: tuple[int, int], image_size: tuple[int, int]):
+        (mw, mh), (w, h) = mask_size, image_size
+        super().__init__(f"mask is {mw}x{mh} but the image is {w}x{h}: aspect ratios differ")
+        self.mask_size, self.image_size = (mw, mh), (w, h)
+
+
+def check_mask_size(mask_size: tuple[int, int], image_size: tuple[int, int]) -> None:
+    """Raise ``MaskSizeError`` unless a ``(W, H)`` mask has the image's aspect ratio within
+    ``MASK_ASPECT_TOLERANCE`` (2 %); any resolution is fine, the mask is resized."""
+    (mw, mh), (w, h) = mask_size, image_size
+    # |mw/mh - w/h| > 2 % of w/h, multiplied out (no division by a zero height).
+    if abs(mw * h - mh * w) > MASK_ASPECT_TOLERANCE * w * mh:
+        raise MaskSizeError(mask_size, image_size)

@@ -69,6 +69,7 @@ from fast_style import color
 from fast_style.config import PROJECT_ROOT
 from fast_style.export import NORM_INPUT_NAME, DeployNet
 from fast_style.imaging import (
+    check_mask_size,
     crop_to,
     pad_to_multiple,
     pil_to_tensor,
@@ -671,9 +672,13 @@ class Stylizer:
         """Stylise a PIL image of any mode; returns RGB (or RGBA when the input has alpha) of
         the input's size, or of the size after ``max_size`` (long side) downscaling.
 
-        ``mask``: L image, 255 = full style, 0 = the original photo; resized and feathered.
+        ``mask``: L image, 255 = full style, 0 = the original photo; resized and feathered. Its
+        aspect ratio must be ``img``'s within 2 % (``imaging.check_mask_size`` raises
+        ``MaskSizeError``, a ValueError, rather than stretch it).
         Images above ``AUTO_TILE_PIXELS`` are tiled (``AUTO_TILE``) even when ``tile`` is None.
         """
+        if mask is not None:
+            check_mask_size(mask.size, img.size)  # the rule of stylize.py and the server
         rgb, alpha = self._prepare_image(img, max_size)
         post = PostProcess(_check_strength(strength), preserve_color, match_histogram)
         soft = feather_mask(mask, rgb.size) if mask is not None else None

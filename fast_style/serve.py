@@ -7,23 +7,40 @@ A web page and a JSON API for stylising photos, for people who never open a term
 * ``GET /api/styles/{name}/thumbnail`` a JPEG thumbnail of the painting;
 * ``POST /api/stylize`` multipart ``image``, ``style``, ``strength``, ``preserve_color``,
   optional ``mask`` (greyscale PNG, white = style), ``max_size`` and ``format``; returns the image;
-* ``GET /healthz``; ``GET /docs`` and ``/openapi.json`` come from FastAPI.
+* ``GET /healthz``; ``GET /docs`` the API page (``web/docs.html``, rendered from
+  ``/openapi.json`` by local script; FastAPI's CDN-loaded Swagger UI and ReDoc are off).
 
 Stylisation is ``fast_style.inference.Stylizer.stylize_image``, exactly as in ``stylize.py``;
 uploads are decoded by ``fast_style.imaging.open_image_bytes`` (pixel limit before decoding,
 EXIF orientation). Errors are JSON ``{"error": "...", "detail": ...}``.
 
-Load is bounded at three levels (see ``Limits``): at most ``queue`` stylise requests are admitted
-(more get 503 at once, before their body is read); at most ``max_images`` of them hold an image in
-memory (the rest wait with their upload spooled by the multipart parser); the network runs in a
-pool of ``workers`` threads, and images above ``large_pixels`` may use at most ``workers - 1`` of
-them (at least one), so with two or more workers a large image never blocks small ones.
+Load is bounded at every stage (see ``Limits``; each is a command-line option):
+
+* admission, before the body is read: at most ``queue`` stylise requests at once (more get 503)
+  and at most ``per_client`` (default ``queue // 4``) from one client address (more get 429),
+  so that one client cannot take every slot; both with ``Retry-After``;
+* the body: it must arrive within ``body_timeout`` seconds (default 30) with no gap longer than
+  ``body_idle_timeout`` (default 10), else 408 and the connection is closed: a stalled upload
+  holds its slot for seconds, not for ever;
+* memory: at most ``max_images`` requests hold an upload's bytes or an image (the rest wait with
+  their upload spooled by the multipart parser), and together they hold at most
+  ``max_inflight_pixels`` decoded pixels (default ``2 × max_pixels``), reserved from the image
+  headers before decoding, first come first served, until the result is back; a request
+  needing more than the whole budget gets 413. Pillow holds RGB and RGBA in 4 bytes a pixel;
+  decoding a JPEG peaks at 8, the alpha split of an RGBA image at 13, so decoded images take
+  at most ``13 × max_inflight_pixels`` bytes (1.0 GB by default). The network's working set is
+  bounded by ``workers`` and ``max_side`` instead: about 600 bytes a pixel (full-width model,
+  CPU 'fused' backend), so 2.5 GB for a 2048² image; ``README.md`` has the whole bound;
+* compute: the network runs in a pool of ``workers`` threads, and images above
+  ``large_pixels`` may use at most ``workers - 1`` of them (at least one), so with two or more
+  workers a large image never blocks small ones.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import io
 import ipaddress
@@ -43,6 +60,7 @@ from PIL import Image, ImageOps
 
 from fast_style.config import PROJECT_ROOT, resolve_path
 from fast_style.imaging import (
+    UPLOAD_FORMATS,
     ImageReadError,
     ImageTooLargeError,
     NotAnImageError,
@@ -87,13 +105,38 @@ class Limits:
     max_images: int = 4  # requests holding a decoded image in memory at once
     queue: int = 32  # requests admitted at once (waiting + running); more get 503
     large_pixels: int = 1_000_000  # above this (after downscaling) an image is "large"
+    per_client: int | None = None  # admitted requests of one client address; None: queue // 4
+    body_timeout: float = 30.0  # seconds for a whole request body to arrive, else 408
+    body_idle_timeout: float = 10.0  # seconds a body may send nothing, else 408
+    max_inflight_pixels: int | None = None  # decoded pixels in memory at once; None: 2 × max_pixels
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
-            if value < 1:
+            if isinstance(value, float) and not value > 0:  # timeouts: any positive number
+                raise ValueError(f"{name} must be positive, got {value}")
+            if isinstance(value, int) and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if self.max_side < 8:
             raise ValueError(f"max_side must be at least 8, got {self.max_side}")
+        if self.client_share > self.queue:
+            raise ValueError(
+                f"per_client ({self.client_share}) must be at most queue ({self.queue})"
+            )
+        if self.pixel_budget < self.max_pixels:
+            raise ValueError(
+                f"max_inflight_pixels ({self.pixel_budget}) must be at least max_pixels "
+                f"({self.max_pixels}), or the largest accepted image could never be decoded"
+            )
+
+    @property
+    def client_share(self) -> int:
+        """Admitted requests one client may hold at once."""
+        return self.per_client or max(1, self.queue // 4)
+
+    @property
+    def pixel_budget(self) -> int:
+        """Decoded pixels (images and masks) all admitted requests may hold at once."""
+        return self.max_inflight_pixels or 2 * self.max_pixels
 
     def public(self) -> dict[str, int]:
         """The limits a client needs to know (shown by the page)."""
@@ -265,49 +308,131 @@ class ModelRegistry:
 # Load control.
 
 
+def client_key(scope: dict) -> str:
+    """The client a request counts against for ``per_client``: the peer address of the
+    connection (``X-Forwarded-For`` only counts where uvicorn is told to trust a proxy). IPv6
+    peers are grouped by /64, the block one host or home network is usually given."""
+    client = scope.get("client")
+    if not client:
+        return "unknown"
+    try:
+        ip = ipaddress.ip_address(client[0])
+    except ValueError:
+        return str(client[0])  # a name, e.g. Starlette's test client
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+class PixelBudget:
+    """A first-come, first-served budget of decoded pixels on one event loop. Served in order,
+    so that a large image waiting for the budget is not overtaken forever by small ones."""
+
+    def __init__(self, total: int):
+        self.total, self.used = total, 0
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    async def acquire(self, n: int) -> None:
+        """Take ``n`` pixels (at most ``total``), waiting until they are free."""
+        if not self._waiters and self.used + n <= self.total:
+            self.used += n
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append((n, fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release(n)  # granted just as the request was cancelled
+            else:
+                self._waiters.remove((n, fut))
+                self._grant()  # the next in line may fit now
+            raise
+
+    def release(self, n: int) -> None:
+        self.used -= n
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiters and self.used + self._waiters[0][0] <= self.total:
+            n, fut = self._waiters.popleft()
+            self.used += n
+            fut.set_result(None)
+
+
 class Limiter:
-    """Admission (``queue``), images in memory (``max_images``) and the worker pool
-    (``workers``, with at most ``workers - 1`` busy on large images)."""
+    """Admission (``queue``, ``per_client``), images in memory (``max_images``), decoded pixels
+    (``max_inflight_pixels``) and the worker pool (``workers``, with at most ``workers - 1``
+    busy on large images)."""
 
     def __init__(self, limits: Limits):
         self.limits = limits
         self.pool = ThreadPoolExecutor(limits.workers, thread_name_prefix="fast-style")
         self._admitted = 0
+        self._per_client: collections.Counter[str] = collections.Counter()
         self._count_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._memory: asyncio.Semaphore
         self._large: asyncio.Semaphore
+        self._pixels: PixelBudget
 
     @property
     def in_flight(self) -> int:
         return self._admitted
 
-    def admit(self) -> bool:
-        """Take a queue slot without waiting; False when the queue is full."""
+    def admit(self, client: str = "unknown") -> str | None:
+        """Take a queue slot for ``client`` without waiting. None when admitted, else why not:
+        ``"queue"`` (the server is full) or ``"client"`` (this client holds its share)."""
         with self._count_lock:
             if self._admitted >= self.limits.queue:
-                return False
+                return "queue"
+            if self._per_client[client] >= self.limits.client_share:
+                return "client"
             self._admitted += 1
-            return True
+            self._per_client[client] += 1
+            return None
 
-    def release(self) -> None:
+    def release(self, client: str = "unknown") -> None:
         with self._count_lock:
             self._admitted -= 1
+            self._per_client[client] -= 1
+            if not self._per_client[client]:
+                del self._per_client[client]  # the counter does not grow with every address seen
 
-    def _semaphores(self) -> tuple[asyncio.Semaphore, asyncio.Semaphore]:
+    def _primitives(self) -> tuple[asyncio.Semaphore, asyncio.Semaphore, PixelBudget]:
         # asyncio primitives belong to one event loop; a server has one, tests may use several.
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             self._loop = loop
             self._memory = asyncio.Semaphore(self.limits.max_images)
             self._large = asyncio.Semaphore(max(1, self.limits.workers - 1))
-        return self._memory, self._large
+            self._pixels = PixelBudget(self.limits.pixel_budget)
+        return self._memory, self._large, self._pixels
 
     @contextlib.asynccontextmanager
     async def image_slot(self) -> AsyncIterator[None]:
-        """Held while a request has its image in memory."""
-        async with self._semaphores()[0]:
+        """Held while a request has its upload's bytes or its image in memory."""
+        async with self._primitives()[0]:
             yield
+
+    @contextlib.asynccontextmanager
+    async def pixels(self, n: int) -> AsyncIterator[None]:
+        """Held while ``n`` decoded pixels are in memory; 413 when ``n`` exceeds the budget."""
+        budget = self._primitives()[2]
+        if n > budget.total:
+            raise ApiError(
+                413,
+                f"image and mask: {n:,} pixels together, more than the {budget.total:,} "
+                "this server decodes at once",
+                {"max_inflight_pixels": budget.total},
+            )
+        await budget.acquire(n)
+        try:
+            yield
+        finally:
+            budget.release(n)
 
     @contextlib.asynccontextmanager
     async def lane(self, pixels: int) -> AsyncIterator[None]:
@@ -315,25 +440,86 @@ class Limiter:
         if pixels <= self.limits.large_pixels:
             yield
             return
-        async with self._semaphores()[1]:
+        async with self._primitives()[1]:
             yield
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """``fn(*args)`` in the worker pool. If the request is cancelled, the slot it holds is
-        kept until the thread has finished (the image is still in memory until then)."""
-        fut = asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        """``fn(*args)`` in the worker pool (see ``settle``)."""
+        return await settle(asyncio.get_running_loop().run_in_executor(self.pool, fn, *args))
+
+
+async def settle(fut: asyncio.Future) -> Any:
+    """Await a thread's result. If the request is cancelled, the slots it holds are kept until
+    the thread has finished (its memory is in use until then)."""
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await asyncio.wait({fut})
+        raise
+
+
+async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in the default thread pool, kept to its end as ``settle`` says."""
+    return await settle(asyncio.get_running_loop().run_in_executor(None, fn, *args))
+
+
+class BodyClock:
+    """``receive`` with the body deadlines: the whole body within ``body_timeout`` seconds of
+    the headers, and never ``body_idle_timeout`` seconds without a chunk. Past either it answers
+    ``http.disconnect`` (which stops the multipart parser) and records why in ``expired``."""
+
+    def __init__(self, receive: Callable, limits: Limits):
+        self._receive = receive
+        self._end = time.monotonic() + limits.body_timeout
+        self.total, self.idle = limits.body_timeout, limits.body_idle_timeout
+        self.bytes = 0
+        self.done = False  # the last chunk has arrived: no deadline from here on
+        self.expired: str | None = None  # "body_timeout" or "body_idle_timeout"
+
+    async def __call__(self) -> dict:
+        if self.done:
+            return await self._receive()
+        if self.expired:
+            return {"type": "http.disconnect"}
+        left = self._end - time.monotonic()
         try:
-            return await asyncio.shield(fut)
-        except asyncio.CancelledError:
-            with contextlib.suppress(BaseException):
-                await asyncio.wait({fut})
-            raise
+            message = await asyncio.wait_for(self._receive(), max(0.0, min(left, self.idle)))
+        except asyncio.TimeoutError:
+            # Cancelling uvicorn's receive() loses nothing: it only waits for data to arrive.
+            self.expired = "body_timeout" if left <= self.idle else "body_idle_timeout"
+            return {"type": "http.disconnect"}
+        if message["type"] == "http.request":
+            self.bytes += len(message.get("body", b""))
+            self.done = not message.get("more_body", False)
+        return message
+
+    async def drain(self, cap: int) -> None:
+        """Read and drop the rest of the body (at most ``cap`` bytes, within the deadlines)."""
+        seen = 0
+        while not self.done and not self.expired and seen <= cap:
+            message = await self()
+            if message["type"] != "http.request":
+                return
+            seen += len(message.get("body", b""))
+
+    def response(self) -> JSONResponse:
+        """The 408 for an expired body."""
+        total = self.expired == "body_timeout"
+        seconds = self.total if total else self.idle
+        why = f"it must arrive within {seconds:g} s" if total else f"no data for {seconds:g} s"
+        return error_response(
+            408,
+            f"request body too slow: {why}; retry on a faster connection",
+            {"timeout": self.expired, "seconds": seconds, "received_bytes": self.bytes},
+        )
 
 
 class AdmissionMiddleware:
-    """ASGI middleware for ``POST /api/stylize``: 413 for a body above the upload limit (from
-    Content-Length, or counted while it streams in) and 503 when the queue is full, both before
-    the multipart parser runs."""
+    """ASGI middleware for ``POST /api/stylize``, before the multipart parser runs: 413 for a
+    body above the upload limit (from Content-Length, or counted while it streams in), 503 when
+    the queue is full, 429 when the client holds its ``per_client`` share, 408 when the body
+    does not arrive in time (``BodyClock``)."""
 
     def __init__(self, app: Any, limiter: Limiter, path: str = "/api/stylize"):
         self.app, self.limiter, self.path = app, limiter, path
@@ -342,68 +528,81 @@ class AdmissionMiddleware:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
             await self.app(scope, receive, send)
             return
-        limit = self.limiter.limits.max_upload_bytes
+        limits = self.limiter.limits
+        limit, body = limits.max_upload_bytes, BodyClock(receive, limits)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            await _drain(receive, DRAIN_FACTOR * limit)
-            await _too_large(int(length), limit)(scope, receive, send)
+            await _refuse(_too_large(int(length), limit), body, scope, send, limit)
             return
-        if not self.limiter.admit():
-            await _drain(receive, DRAIN_FACTOR * limit)
-            busy = error_response(
-                503,
-                "server busy: too many requests at once, retry shortly",
-                {"queue": self.limiter.limits.queue},
-                **{"Retry-After": "2"},
-            )
-            await busy(scope, receive, send)
+        client = client_key(scope)
+        refused = self.limiter.admit(client)
+        if refused is not None:
+            await _refuse(_busy(refused, limits), body, scope, send, limit)
             return
         try:
-            await self._call_counted(scope, receive, send, limit)
+            await self._call_guarded(scope, body, send, limit)
         finally:
-            self.limiter.release()
+            self.limiter.release(client)
 
-    async def _call_counted(
-        self, scope: dict, receive: Callable, send: Callable, limit: int
-    ) -> None:
-        state = {"bytes": 0, "over": False, "started": False, "more": True}
+    async def _call_guarded(self, scope: dict, body: BodyClock, send: Callable, limit: int) -> None:
+        """The app, with the body cut off above ``limit`` bytes or past its deadline; the
+        app's answer to a cut-off body is then replaced by a 413 or a 408."""
+        state = {"over": False, "started": False}
 
         async def counted_receive() -> dict:
-            message = await receive()
-            if message["type"] == "http.request":
-                state["more"] = message.get("more_body", False)
-                state["bytes"] += len(message.get("body", b""))
-                if state["bytes"] > limit:
-                    state["over"] = True
-                    return {"type": "http.disconnect"}  # stops the parser here
+            message = await body()
+            if message["type"] == "http.request" and body.bytes > limit:
+                state["over"] = True
+                return {"type": "http.disconnect"}  # stops the parser here
             return message
 
         async def guarded_send(message: dict) -> None:
-            if state["over"]:
-                return  # the app's answer to a cut-off body is replaced by the 413 below
+            if state["over"] or body.expired:
+                return
             state["started"] = True
             await send(message)
 
         try:
             await self.app(scope, counted_receive, guarded_send)
         except Exception:
-            if not state["over"]:
+            if not (state["over"] or body.expired):
                 raise
-        if state["over"] and not state["started"]:
-            if state["more"]:  # never wait for a body that has ended: receive() would block
-                await _drain(receive, DRAIN_FACTOR * limit)
-            await _too_large(state["bytes"], limit)(scope, receive, send)
-
-
-async def _drain(receive: Callable, cap: int) -> None:
-    """Read and discard the rest of a refused body (up to ``cap`` bytes), so that the client,
-    still sending, gets to read the error instead of a reset connection."""
-    seen = 0
-    while seen <= cap:
-        message = await receive()
-        if message["type"] != "http.request" or not message.get("more_body", False):
+        if state["started"]:
             return
-        seen += len(message.get("body", b""))
+        if state["over"]:
+            await _refuse(_too_large(body.bytes, limit), body, scope, send, limit)
+        elif body.expired:
+            await _refuse(body.response(), body, scope, send, limit)  # closes the connection
+
+
+async def _refuse(
+    response: JSONResponse, body: BodyClock, scope: dict, send: Callable, limit: int
+) -> None:
+    """Answer ``response`` after reading (and dropping) the rest of the body, up to
+    ``DRAIN_FACTOR`` times the upload limit, so that a client still sending gets to read the
+    error instead of a reset connection."""
+    await body.drain(DRAIN_FACTOR * limit)
+    if not body.done:
+        response.headers["Connection"] = "close"  # the rest of the body is never read
+    await response(scope, body, send)
+
+
+def _busy(reason: str, limits: Limits) -> JSONResponse:
+    """The answer to a request not admitted: the client holds its share, or the queue is full."""
+    if reason == "client":
+        return error_response(
+            429,
+            f"too many requests from your address at once (at most {limits.client_share}): "
+            "wait for one to finish",
+            {"per_client": limits.client_share},
+            **{"Retry-After": "2"},
+        )
+    return error_response(
+        503,
+        "server busy: too many requests at once, retry shortly",
+        {"queue": limits.queue},
+        **{"Retry-After": "2"},
+    )
 
 
 def human_size(n: int) -> str:
@@ -441,6 +640,21 @@ class Job:
         return round(w * scale) * round(h * scale)
 
 
+def header_pixels(data: bytes | None, limits: Limits) -> int:
+    """The pixel count an upload decodes to, read from its header alone; 0 for what
+    ``decode_upload`` refuses before decoding (not an image, above ``max_pixels``)."""
+    if not data:
+        return 0
+    Image.init()  # as open_image_bytes: only the accepted formats this Pillow has
+    formats = [f for f in UPLOAD_FORMATS if f in Image.OPEN]
+    try:
+        with Image.open(io.BytesIO(data), formats=formats) as im:
+            pixels = im.size[0] * im.size[1]
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return 0
+    return pixels if pixels <= limits.max_pixels else 0
+
+
 def decode_upload(data: bytes, limits: Limits, name: str) -> Image.Image:
     """Bytes → image, with the errors mapped to status codes."""
     if not data:
@@ -458,17 +672,18 @@ def decode_upload(data: bytes, limits: Limits, name: str) -> Image.Image:
 def mask_to_l(mask: Image.Image, size: tuple[int, int]) -> Image.Image:
     """A mask upload as L (white = style); transparent pixels count as black. Its aspect ratio
     must match the image's (it is resized to the image by the stylizer); else 422."""
+    # A local import keeps this change inside mask_to_l; it may join the imports above.
+    from fast_style.imaging import MaskSizeError, check_mask_size
+
     rgb, alpha = split_alpha(mask)
     m = rgb.convert("L")
     if alpha is not None:
         m = Image.composite(m, Image.new("L", m.size, 0), alpha)
-    (mw, mh), (w, h) = m.size, size
-    if abs(mw * h - mh * w) > 0.02 * w * mh:
-        raise ApiError(
-            422,
-            f"mask is {mw}x{mh} but the image is {w}x{h}: aspect ratios differ",
-            {"mask_size": [mw, mh], "image_size": [w, h]},
-        )
+    try:
+        check_mask_size(m.size, size)
+    except MaskSizeError as e:
+        detail = {"mask_size": list(e.mask_size), "image_size": list(e.image_size)}
+        raise ApiError(422, str(e), detail) from None
     return m
 
 
@@ -584,6 +799,9 @@ def create_app(
         version=_version(),
         lifespan=lifespan,
         description="Fast neural style transfer: stylise a photo with a trained model.",
+        # FastAPI's /docs and /redoc load their scripts from a CDN: /docs is our own page.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.registry, app.state.limiter, app.state.limits = registry, limiter, limits
     app.state.run_job = run_job  # tests may wrap it
@@ -604,6 +822,10 @@ def _add_page_routes(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(WEB_DIR / "index.html", headers=PAGE_HEADERS)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> FileResponse:
+        return FileResponse(WEB_DIR / "docs.html", headers=PAGE_HEADERS)
 
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
 
@@ -659,9 +881,11 @@ def _add_api_routes(
 _ERRORS = {
     400: "corrupt image",
     404: "unknown style",
-    413: "upload or pixel count too large",
+    408: "request body too slow (closes the connection)",
+    413: "upload too large, or too many pixels (in one image, or image + mask over the budget)",
     415: "not an image",
     422: "bad parameters",
+    429: "this client already has its share of requests in progress (retry later)",
     503: "server busy (retry later)",
 }
 
@@ -692,12 +916,17 @@ def _stylize_endpoint(
                 if mask is not None
                 else None
             )
-            job = await asyncio.to_thread(
-                _decode_job, data, mask_data, limits, strength, preserve_color, side
-            )
-            del data, mask_data
-            async with limiter.lane(job.pixels):
-                out = await limiter.run(app.state.run_job, registry, entry, job)
+            # Pixels are reserved from the headers before anything is decoded, and held until
+            # the result is back (the job holds the full-size image until then).
+            need = await in_thread(_header_pixels, data, mask_data, limits)
+            async with limiter.pixels(need):
+                job = await in_thread(
+                    _decode_job, data, mask_data, limits, strength, preserve_color, side
+                )
+                del data, mask_data
+                async with limiter.lane(job.pixels):
+                    out = await limiter.run(app.state.run_job, registry, entry, job)
+                del job
             body = await asyncio.to_thread(encode, out, format)
         filename = download_name(image.filename, style, format)
         headers = {
@@ -708,6 +937,10 @@ def _stylize_endpoint(
         return Response(body, media_type=MIME[format], headers=headers)
 
     return stylize
+
+
+def _header_pixels(data: bytes, mask_data: bytes | None, limits: Limits) -> int:
+    return header_pixels(data, limits) + header_pixels(mask_data, limits)
 
 
 def _decode_job(
@@ -791,6 +1024,42 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"requests admitted at once; more get 503 (default {d.queue})",
     )
     g.add_argument(
+        "--per-client",
+        type=int,
+        default=None,
+        help="requests one client address may have admitted at once; more get 429 "
+        f"(default queue // 4 = {d.client_share})",
+    )
+    g.add_argument(
+        "--body-timeout",
+        type=float,
+        default=d.body_timeout,
+        metavar="S",
+        help="seconds a request body may take to arrive, else 408 and its slot is freed "
+        f"(default {d.body_timeout:g})",
+    )
+    g.add_argument(
+        "--body-idle-timeout",
+        type=float,
+        default=d.body_idle_timeout,
+        metavar="S",
+        help=f"seconds a request body may send nothing, else 408 (default {d.body_idle_timeout:g})",
+    )
+    g.add_argument(
+        "--max-inflight-pixels",
+        type=int,
+        default=None,
+        help="decoded pixels (images and masks) held in memory at once; requests wait for "
+        f"their share (default 2 x max-pixels = {d.pixel_budget})",
+    )
+    g.add_argument(
+        "--forwarded-allow-ips",
+        default=None,
+        metavar="IPS",
+        help="behind a reverse proxy: its addresses, whose X-Forwarded-For then names the client "
+        "for --per-client (default: none, the header is ignored)",
+    )
+    g.add_argument(
         "--large-pixels",
         type=int,
         default=d.large_pixels,
@@ -844,6 +1113,10 @@ def main(argv: list[str] | None = None) -> int:
             max_images=a.max_images,
             queue=a.queue,
             large_pixels=a.large_pixels,
+            per_client=a.per_client,
+            body_timeout=a.body_timeout,
+            body_idle_timeout=a.body_idle_timeout,
+            max_inflight_pixels=a.max_inflight_pixels,
         )
         resolve_device(a.device)
     except ValueError as e:
@@ -854,7 +1127,12 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(models, limits, a.device, a.backend, a.half or False)
     count = len(app.state.registry.entries())
     print(startup_message(a.host, a.port, models, count), file=sys.stderr, flush=True)
-    uvicorn.run(app, host=a.host, port=a.port, log_level="info")
+    # uvicorn trusts X-Forwarded-For from 127.0.0.1 by default; the per-client share must not
+    # be dodged with a made-up header, so proxies are trusted only when named.
+    proxy = {"proxy_headers": a.forwarded_allow_ips is not None}
+    if a.forwarded_allow_ips is not None:
+        proxy["forwarded_allow_ips"] = a.forwarded_allow_ips
+    uvicorn.run(app, host=a.host, port=a.port, log_level="info", **proxy)
     return 0
 
 

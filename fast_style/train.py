@@ -30,11 +30,12 @@ from pytorch_lightning.callbacks import (
 )
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from fast_style.checkpointing import AtomicCheckpointIO, clean_checkpoint_dir, resolve_resume
 from fast_style.config import PROJECT_ROOT, ConfigError, TrainSettings, resolve_path, validate
 from fast_style.data import StyleDataModule
 from fast_style.imaging import ImageReadError
 from fast_style.loss.vgg import LossNetworkWeightsError
-from fast_style.model_io import ModelFileError, read_checkpoint, save_safetensors
+from fast_style.model_io import ModelFileError, load_checkpoint_dict, save_safetensors
 from fast_style.system import StyleTransferSystem
 
 log = logging.getLogger("fast_style.train")
@@ -197,16 +198,47 @@ def _safe_resume_kwargs() -> dict[str, Any]:
 
 
 def _resume_checkpoint(settings: TrainSettings) -> str | None:
-    """``ckpt_path`` checked before anything is built: it exists, and it reads as plain data
-    with fast_style's metadata (``weights_only=True``: a file that would run pickled code is
-    refused), else one clear error."""
+    """``ckpt_path`` checked before anything is built: it exists, it reads as plain data with
+    fast_style's metadata and a matching digest (a file that would run pickled code is
+    refused; a corrupt ``last.ckpt`` falls back to the newest valid checkpoint beside it), and
+    it holds the networks this run configures. Else one clear error."""
     if not settings.ckpt_path:
         return None
-    ckpt = resolve_path(settings.ckpt_path)
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"ckpt_path: no such checkpoint: {ckpt}")
-    read_checkpoint(ckpt)
+    ckpt, step = resolve_resume(resolve_path(settings.ckpt_path))
+    check_resume_matches(load_checkpoint_dict(ckpt), settings, ckpt)
+    clean_checkpoint_dir(ckpt.parent)
+    print(f"resuming from {ckpt} at step {step}", file=sys.stderr)
     return str(ckpt)
+
+
+def _describe_net(meta: dict[str, Any]) -> str:
+    chans = "/".join(str(c) for c in meta.get("channels", []))
+    return f"model={meta.get('width') or '?'} (channels {chans}, {meta.get('num_residual')} blocks)"
+
+
+def check_resume_matches(ckpt: dict[str, Any], settings: TrainSettings, path: Path) -> None:
+    """The checkpoint's networks and styles must be this run's; else a ``ConfigError`` that
+    says which setting to pass (instead of Lightning's "size mismatch" for every tensor)."""
+    meta = ckpt["fast_style"]
+    m = settings.model
+    if list(meta.get("channels", [])) != list(m.channels) or meta.get("num_residual") != int(
+        m.num_residual
+    ):
+        theirs = _describe_net(meta)
+        ours = _describe_net(
+            {"width": m.name, "channels": m.channels, "num_residual": m.num_residual}
+        )
+        raise ConfigError(
+            f"ckpt_path: {path} holds {theirs} but this run has {ours}; "
+            f"resume with model={meta.get('width') or '<its model>'}"
+        )
+    saved = [s.get("style") for s in ckpt.get("fast_style_styles") or [meta]]
+    wanted = [s.name for s in settings.styles]
+    if saved != wanted:
+        raise ConfigError(
+            f"ckpt_path: {path} was trained on styles {saved}, this run configures {wanted}; "
+            "resume with the same style/styles"
+        )
 
 
 def train(settings: TrainSettings, run_dir: Path) -> Path | None:
@@ -222,6 +254,7 @@ def train(settings: TrainSettings, run_dir: Path) -> Path | None:
         settings, grid_images=data.grid_images(settings.train.num_grid_images)
     )
     ckpt_dir = run_dir / "checkpoints"
+    clean_checkpoint_dir(ckpt_dir)
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(
             dirpath=ckpt_dir,
@@ -247,6 +280,7 @@ def train(settings: TrainSettings, run_dir: Path) -> Path | None:
         default_root_dir=str(run_dir),
         logger=logger,
         callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],  # every checkpoint: same-folder temp, fsync, rename
         **kwargs,
     )
     trainer.fit(system, datamodule=data, ckpt_path=ckpt, **_safe_resume_kwargs())

@@ -22,6 +22,10 @@ ARCHITECTURE = "johnson2016"
 # pads at 1/4 resolution need at least 2 pixels there, hence a minimum input of 8.
 SIZE_MULTIPLE = 4
 MIN_SIZE = 8
+# Bounds on what a model file may ask for, checked before anything is built: 1024 channels is
+# 8x the paper's widest layer, 64 residual blocks 13x its 5.
+MAX_CHANNELS = 1024
+MAX_RESIDUAL = 64
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,14 @@ class TransformerConfig:
     channels: tuple[int, int, int] = (32, 64, 128)
     num_residual: int = 5
 
+    def __post_init__(self) -> None:
+        if len(self.channels) != 3 or not all(1 <= c <= MAX_CHANNELS for c in self.channels):
+            raise ValueError(
+                f"channels must be 3 widths in 1..{MAX_CHANNELS}, got {list(self.channels)}"
+            )
+        if not 0 <= self.num_residual <= MAX_RESIDUAL:
+            raise ValueError(f"num_residual must be in 0..{MAX_RESIDUAL}, got {self.num_residual}")
+
     def to_dict(self) -> dict:
         return {"architecture": ARCHITECTURE, **asdict(self), "channels": list(self.channels)}
 
@@ -39,9 +51,12 @@ class TransformerConfig:
         arch = d.get("architecture", ARCHITECTURE)
         if arch != ARCHITECTURE:
             raise ValueError(f"unknown transform architecture {arch!r} (expected {ARCHITECTURE!r})")
-        return cls(
-            channels=tuple(int(c) for c in d["channels"]), num_residual=int(d["num_residual"])
-        )
+        channels, num_residual = d["channels"], d["num_residual"]
+        if not isinstance(channels, list | tuple) or not all(
+            isinstance(c, int) and not isinstance(c, bool) for c in [*channels, num_residual]
+        ):
+            raise ValueError(f"channels and num_residual must be integers, got {channels!r}")
+        return cls(channels=tuple(channels), num_residual=num_residual)
 
 
 class ConvLayer(nn.Sequential):

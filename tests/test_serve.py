@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import re
 import struct
 import threading
 import time
@@ -11,6 +13,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urljoin
 
 import numpy as np
 import pytest
@@ -211,6 +214,25 @@ def test_openapi_schema_lists_the_api(client):
     assert {"image", "style", "strength", "preserve_color", "mask", "max_size"} <= set(fields)
 
 
+def test_docs_page_is_local_and_renders_the_schema_offline(client):
+    res = client.get("/docs")
+    assert res.status_code == 200 and res.headers["content-type"].startswith("text/html")
+    assert res.headers["content-security-policy"] == serve.PAGE_HEADERS["Content-Security-Policy"]
+    html = res.text
+    refs = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assets = [r for r in refs if not r.startswith(("data:", "#"))]
+    assert {"static/docs.js", "static/style.css", "openapi.json"} <= set(assets), assets
+    for asset in assets:
+        r = client.get(urljoin("/docs", asset))
+        assert r.status_code == 200 and r.content, asset
+        if asset.endswith((".js", ".css")):
+            html += r.text
+    assert not re.search(r"https?://|//cdn|@import", html), (
+        "the API page must load nothing external"
+    )
+    assert client.get("/redoc").status_code == 404  # FastAPI's CDN-loaded page is off too
+
+
 def test_unknown_route_is_a_json_404(client):
     assert_error(client.get("/nope"), 404, "not found")
 
@@ -396,18 +418,28 @@ def test_bad_masks(client):
 
 
 def test_a_model_that_fails_to_load_and_unexpected_errors_are_json_500(tmp_path, models_dir):
+    import os
+
     small, big = TransformerNet((4, 8, 8), num_residual=1), TransformerNet((8, 16, 16))
     save_safetensors(small, tmp_path / "mismatch.safetensors", describe(big, "mismatch"))
+    good = tiny_model(tmp_path / "flipped.safetensors", "flipped")
     app = create_app(tmp_path, device="cpu", backend="eager")
     with TestClient(app) as client:
-        assert [s["name"] for s in client.get("/api/styles").json()["styles"]] == ["mismatch"]
+        # Weights that do not match their metadata are refused when the folder is listed.
+        assert [s["name"] for s in client.get("/api/styles").json()["styles"]] == ["flipped"]
+        # A file that goes bad on disk after it was listed (same size and time) fails to load.
+        st = good.stat()
+        data = bytearray(good.read_bytes())
+        data[-100] ^= 0x40
+        good.write_bytes(bytes(data))
+        os.utime(good, ns=(st.st_atime_ns, st.st_mtime_ns))
         res = client.post(
             "/api/stylize",
             files={"image": ("a.png", encoded(photo(8, 8)))},
-            data={"style": "mismatch"},
+            data={"style": "flipped"},
         )
         body = assert_error(res, 500, "could not be loaded")
-        assert "do not match" in body["detail"]
+        assert "content digest mismatch" in body["detail"]
 
     app = create_app(models_dir, device="cpu", backend="eager")
 
@@ -440,7 +472,8 @@ def test_models_load_lazily_once_and_are_cached(client, monkeypatch):
     assert client.get("/healthz").json()["loaded"] == [STYLE]
 
 
-def test_twenty_parallel_requests_all_succeed(client):
+def test_twenty_parallel_requests_all_succeed(make_client):
+    client = make_client(per_client=20)  # one test client; by default it may hold 8 at once
     images = [encoded(photo(24 + 4 * (i % 5), 16, seed=i)) for i in range(20)]
 
     def one(i: int):
@@ -542,6 +575,88 @@ def test_images_in_memory_are_bounded(make_client):
     assert active[1] == 2  # never more than max_images at once, though 4 workers were free
 
 
+def test_decoded_pixels_in_memory_are_bounded(make_client):
+    # Four image slots and four workers, but 2500 pixels of budget: two 32×32 images at once.
+    client = make_client(workers=4, max_images=4, max_pixels=2000, max_inflight_pixels=2500)
+    active = [0, 0]
+    blocking_job(client.app, lambda j: False, threading.Event(), threading.Event(), active)
+    img = encoded(photo(32, 32))
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda _: post(client, img).status_code, range(8)))
+    assert codes == [200] * 8
+    assert active[1] == 2
+
+
+def test_image_and_mask_above_the_pixel_budget_are_413_before_decoding(make_client, monkeypatch):
+    client = make_client(max_pixels=2000, max_inflight_pixels=2500)
+    decoded = []
+    monkeypatch.setattr(serve, "decode_upload", lambda *a: decoded.append(a) or None)
+    img, mask = encoded(photo(40, 40)), encoded(Image.new("L", (40, 40), 255))
+    body = assert_error(post(client, img, mask=mask), 413, "pixels", "at once")
+    assert body["detail"] == {"max_inflight_pixels": 2500} and decoded == []
+
+
+def test_the_pixel_budget_is_first_come_first_served():
+    async def scenario() -> list[str]:
+        budget, order = serve.PixelBudget(10), []
+
+        async def take(name: str, n: int, hold: asyncio.Event) -> None:
+            await budget.acquire(n)
+            order.append(name)
+            await hold.wait()
+            budget.release(n)
+
+        holds = {name: asyncio.Event() for name in ("a", "big", "c", "d")}
+        tasks = [asyncio.create_task(take("a", 6, holds["a"]))]
+        await asyncio.sleep(0)
+        for name, n in (("big", 10), ("c", 2), ("d", 2)):  # c and d would fit, but wait in line
+            tasks.append(asyncio.create_task(take(name, n, holds[name])))
+        await asyncio.sleep(0.01)
+        assert order == ["a"] and budget.used == 6
+        tasks[3].cancel()  # a waiter that leaves the line frees its place
+        holds["a"].set()
+        await asyncio.sleep(0.01)
+        assert order == ["a", "big"] and budget.used == 10
+        holds["big"].set()
+        holds["c"].set()
+        await asyncio.gather(*tasks[:3])
+        assert budget.used == 0 and not budget._waiters
+        return order
+
+    assert asyncio.run(scenario()) == ["a", "big", "c"]
+
+
+def test_limits_defaults_and_validation():
+    d = Limits()
+    assert (d.client_share, d.pixel_budget) == (8, 80_000_000)
+    assert (d.body_timeout, d.body_idle_timeout) == (30.0, 10.0)
+    assert Limits(queue=2).client_share == 1 and Limits(queue=1).client_share == 1
+    for bad in (
+        {"per_client": 0},
+        {"per_client": 40},
+        {"body_timeout": 0.0},
+        {"body_idle_timeout": -1.0},
+        {"max_inflight_pixels": 1000},
+    ):
+        with pytest.raises(ValueError, match="must be"):
+            Limits(**bad)
+
+
+@pytest.mark.parametrize(
+    ("client", "key"),
+    [
+        (("203.0.113.7", 5000), "203.0.113.7"),
+        (("2001:db8:1:2:aaaa::1", 5000), "2001:db8:1:2::/64"),
+        (("2001:db8:1:2:bbbb::9", 5001), "2001:db8:1:2::/64"),  # the same /64: the same client
+        (("::ffff:198.51.100.4", 5000), "198.51.100.4"),
+        (("testclient", 50000), "testclient"),
+        (None, "unknown"),
+    ],
+)
+def test_client_key(client, key):
+    assert serve.client_key({"client": client}) == key
+
+
 # --- command line ----------------------------------------------------------------------------
 
 
@@ -555,6 +670,25 @@ def test_main_binds_loopback_and_says_so(monkeypatch, capsys, models_dir):
     err = capsys.readouterr().err
     assert "http://127.0.0.1:8123/" in err and "loopback" in err and "2 style(s)" in err
     assert app.state.limits == Limits()
+    assert kw["proxy_headers"] is False  # X-Forwarded-For cannot dodge the per-client share
+
+
+def test_main_passes_the_load_limits(monkeypatch, models_dir, capsys):
+    uvicorn = pytest.importorskip("uvicorn")
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    argv = ["--models", str(models_dir), "--backend", "eager", "--per-client", "3"]
+    argv += ["--body-timeout", "5", "--body-idle-timeout", "2.5"]
+    argv += ["--max-inflight-pixels", "90000000", "--forwarded-allow-ips", "10.0.0.1"]
+    assert serve.main(argv) == 0
+    ((app, kw),) = calls
+    assert app.state.limits == Limits(
+        per_client=3, body_timeout=5.0, body_idle_timeout=2.5, max_inflight_pixels=90_000_000
+    )
+    assert kw["proxy_headers"] is True and kw["forwarded_allow_ips"] == "10.0.0.1"
+    help_text = serve.build_parser().format_help()
+    for option in ("--per-client", "--body-timeout", "--body-idle-timeout", "--max-inflight"):
+        assert option in help_text
 
 
 def test_main_warns_when_not_on_loopback_and_rejects_bad_options(
@@ -567,6 +701,8 @@ def test_main_warns_when_not_on_loopback_and_rejects_bad_options(
     for argv in (
         ["--models", str(tmp_path / "none")],
         ["--models", str(models_dir), "--workers", "0"],
+        ["--models", str(models_dir), "--body-timeout", "0"],
+        ["--models", str(models_dir), "--max-pixels", "100", "--max-inflight-pixels", "50"],
     ):
         with pytest.raises(SystemExit) as e:
             serve.main(argv)

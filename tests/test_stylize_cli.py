@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from PIL import Image
 
 from fast_style.config import PROJECT_ROOT
 from fast_style.stylize import main
+from tests._imaging_helpers import huge_png
 from tests._stylize_helpers import exif_rotated_jpeg, odd_images, photo, save_tiny, save_tiny_ckpt
 
 
@@ -108,7 +111,7 @@ def test_options_reach_the_engine(model, tmp_path):
     assert run("--model", str(model), "--input", str(src), "--output", str(tiled), *argv) == 0
     assert Image.open(tiled).size == (60, 40)
     mask = tmp_path / "mask.png"
-    Image.new("L", (10, 10), 0).save(mask)
+    Image.new("L", (15, 10), 0).save(mask)  # another resolution, the same aspect ratio
     masked = tmp_path / "masked.png"
     run("--model", str(model), "--input", str(src), "--output", str(masked), "--mask", str(mask))
     assert np.array_equal(np.asarray(Image.open(masked)), np.asarray(Image.open(src)))
@@ -144,10 +147,207 @@ def test_never_overwrites_the_input(model, tmp_path, capsys):
     before = src.read_bytes()
     with pytest.raises(SystemExit) as e:
         run("--model", str(model), "--input", str(src), "--output", str(src))
-    assert e.value.code == 1 and "overwrite" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2  # refused when planning: a usage error, nothing written
+    assert err == f"error: refusing to overwrite the input {src} with the result of {src}; " + (
+        "nothing written"
+    )
+    with pytest.raises(SystemExit) as e:
         run("--model", str(model), "--input", str(tmp_path), "--output", str(tmp_path))
-    assert src.read_bytes() == before
+    assert e.value.code == 2 and "refusing to overwrite the input" in capsys.readouterr().err
+    assert src.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["keep.png"]
+
+
+# --- the output plan: never over an input, never two inputs into one output ------------------
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (links included, by the bytes they lead to)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*")}
+
+
+def _refused(model: Path, capsys, *argv: str) -> str:
+    """Run, expect a usage error (2) before the model loads, return its one stderr line."""
+    with pytest.raises(SystemExit) as e:
+        run("--model", str(model), *argv)
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_a_gif_result_never_replaces_its_png_sibling(model, tmp_path, capsys):
+    d = tmp_path / "d"
+    d.mkdir()
+    photo(16, 16).save(d / "photo.gif")
+    photo(16, 16, seed=1).save(d / "photo.png")
+    before = _snapshot(d)
+    err = _refused(model, capsys, "--input", str(d), "--output", str(d))
+    assert err == (
+        f"error: refusing to overwrite the input {d / 'photo.png'} with the result of "
+        f"{d / 'photo.gif'} (and 1 more); nothing written"
+    )
+    assert _snapshot(d) == before
+    out = tmp_path / "out"  # into another folder: both would become out/photo.png
+    err = _refused(model, capsys, "--input", str(d), "--output", str(out))
+    assert err == (
+        f"error: {d / 'photo.gif'} and {d / 'photo.png'} would both be written to "
+        f"{out / 'photo.png'}; nothing written"
+    )
+    assert not out.exists() and _snapshot(d) == before
+
+
+def test_ext_never_replaces_the_inputs_of_that_format(model, tmp_path, capsys):
+    d = tmp_path / "d"
+    d.mkdir()
+    for name in ("a.jpg", "a.png", "b.webp", "b.png"):
+        photo(16, 16).save(d / name)
+    before = _snapshot(d)
+    err = _refused(model, capsys, "--input", str(d), "--output", str(d), "--ext", "png")
+    assert err == (
+        f"error: refusing to overwrite the input {d / 'a.png'} with the result of "
+        f"{d / 'a.jpg'} (and 3 more); nothing written"
+    )
+    assert _snapshot(d) == before
+
+
+@pytest.mark.parametrize("link", ["hard", "symbolic"])
+def test_an_existing_output_linked_to_an_input_is_refused(model, tmp_path, capsys, link):
+    d, out = tmp_path / "d", tmp_path / "out"
+    d.mkdir()
+    out.mkdir()
+    photo(16, 16).save(d / "a.png")
+    photo(16, 16, seed=1).save(d / "b.png")
+    if link == "hard":
+        os.link(d / "b.png", out / "a.png")
+    else:
+        (out / "a.png").symlink_to(d / "b.png")
+    before = _snapshot(d)
+    err = _refused(model, capsys, "--input", str(d), "--output", str(out))
+    assert err == (
+        f"error: refusing to overwrite the input {d / 'b.png'} with the result of "
+        f"{d / 'a.png'} ({out / 'a.png'} is a link to it); nothing written"
+    )
+    assert _snapshot(d) == before and [p.name for p in out.iterdir()] == ["a.png"]
+
+
+def test_the_same_name_from_two_folders_is_renamed_with_a_note(model, tmp_path, capsys):
+    for sub in ("x", "y"):
+        (tmp_path / sub).mkdir()
+        photo(16, 16).save(tmp_path / sub / "a.png")
+    out = tmp_path / "out"
+    assert run("--model", str(model), "--input", str(tmp_path / "*"), "--output", str(out)) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a-2.png", "a.png"]
+    note = f"note: {tmp_path / 'y' / 'a.png'} → {out / 'a-2.png'} (a.png is taken by another "
+    assert capsys.readouterr().err == note + "input of that name)\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("o.xyz", ""),
+        ("o.gif", " (GIF inputs are written as PNG)"),
+        ("clip.mp4", ""),
+    ],
+)
+def test_output_with_an_unwritable_extension_is_a_usage_error(model, tmp_path, capsys, name, why):
+    src = tmp_path / "in.png"
+    photo(16, 16).save(src)
+    out = tmp_path / name
+    err = _refused(model, capsys, "--input", str(src), "--output", str(out))
+    assert err == (
+        f"error: --output {out}: {out.suffix} is not an image format stylize.py writes{why}; "
+        "use .jpg, .jpeg, .png, .webp, .tif, .tiff, .bmp, or a folder name without an extension"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
+    (tmp_path / "results.v2").mkdir()  # an existing folder is a folder, whatever its name
+    assert (
+        run("--model", str(model), "--input", str(src), "--output", str(tmp_path / "results.v2"))
+        == 0
+    )
+    assert (tmp_path / "results.v2" / "in.png").is_file()
+
+
+# --- the pixel limit -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("size", "argv", "expected"),
+    [
+        # 185 MP: under the documented 200 MP, yet Pillow's own bomb check refused it.
+        ((13600, 13600), [], "corrupt or truncated image"),
+        ((16000, 15625), [], "16000x15625 = 250.0 MP exceeds the limit of 200.0 MP; raise it"),
+        ((13600, 13600), ["--max-pixels", "1e8"], "= 185.0 MP exceeds the limit of 100.0 MP"),
+        ((16000, 15625), ["--max-pixels", "300_000_000"], "corrupt or truncated image"),
+    ],
+)
+def test_max_pixels_is_the_only_pixel_limit(model, tmp_path, capsys, size, argv, expected):
+    src = huge_png(tmp_path / "huge.png", *size)  # a header claiming the size, no pixel data
+    with pytest.raises(SystemExit) as e:
+        run("--model", str(model), "--input", str(src), "--output", str(tmp_path / "o.png"), *argv)
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {src}: ") and expected in err and "Bomb" not in err
+    if "exceeds" in expected:
+        assert err.endswith("; raise it with --max-pixels")
+    assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("0", "--max-pixels must be at least 1"), ("lots", "not a pixel count: 'lots'")],
+)
+def test_max_pixels_must_be_a_positive_count(model, tmp_path, capsys, value, message):
+    src = tmp_path / "in.png"
+    photo(16, 16).save(src)
+    with pytest.raises(SystemExit) as e:
+        run("--input", str(src), "--output", str(tmp_path / "o.png"), "--max-pixels", value)
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message)  # after the usage
+
+
+# --- symlinked folders -----------------------------------------------------------------------
+
+
+def test_symlinked_sub_folders_are_followed_once_and_loops_reported(model, tmp_path, capsys):
+    d, other = tmp_path / "d", tmp_path / "elsewhere"
+    (d / "sub").mkdir(parents=True)
+    other.mkdir()
+    photo(16, 16).save(d / "a.png")
+    photo(16, 16).save(d / "sub" / "b.png")
+    photo(16, 16).save(other / "c.png")
+    (d / "linked").symlink_to(other, target_is_directory=True)  # followed, named "linked"
+    (d / "alias").symlink_to(d / "sub", target_is_directory=True)  # b.png a second time
+    (d / "sub" / "loop").symlink_to(d, target_is_directory=True)  # a loop
+    out = tmp_path / "out"
+    assert run("--model", str(model), "--input", str(d), "--output", str(out)) == 0
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert written == ["a.png", "linked/c.png", "sub/b.png"]
+    assert capsys.readouterr().err.splitlines() == [
+        f"note: {d / 'alias'}: skipped, it is the same folder as {d / 'sub'}",
+        f"note: {d / 'sub' / 'loop'}: skipped, it links back to {d}",
+    ]
+
+
+# --- masks -----------------------------------------------------------------------------------
+
+
+def test_a_mask_of_another_shape_fails_that_image_and_is_never_stretched(model, tmp_path, capsys):
+    d = tmp_path / "d"
+    d.mkdir()
+    photo(60, 40).save(d / "wide.png")
+    photo(40, 60).save(d / "tall.png")
+    mask = tmp_path / "mask.png"
+    Image.new("L", (15, 10), 0).save(mask)  # 3:2, any resolution: fits wide.png only
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        run("--model", str(model), "--input", str(d), "--output", str(out), "--mask", str(mask))
+    assert e.value.code == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: {d / 'tall.png'}: --mask {mask}: mask is 15x10 but the image is 40x60: "
+        "aspect ratios differ"
+    )
+    assert [p.name for p in out.iterdir()] == ["wide.png"]
 
 
 @pytest.mark.parametrize(

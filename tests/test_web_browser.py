@@ -1,7 +1,8 @@
 """The page in a real browser: Debian's headless Chromium driven by Playwright.
 
 Starts ``python -m fast_style.serve`` on a free loopback port, uploads a photo, picks a style,
-paints a stroke, waits for the result, checks its size and the download, and saves a screenshot.
+paints a stroke, waits for the result, checks its size and the download, and saves a screenshot;
+opens the API page ``/docs`` with every request off this machine blocked.
 
 Playwright's own browser download does not work here, so the browser is Debian's ``chromium``
 package (``/usr/bin/chromium``, or ``$FAST_STYLE_CHROMIUM``); CI apt-installs it from
@@ -271,4 +272,35 @@ def test_phone_screen_and_readable_errors(server, browser):
         "#file-input", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hello"}]
     )
     assert "not an image" in page.inner_text("#error")
+    page.close()
+
+
+def test_api_docs_page_works_offline(server, browser):
+    page = browser.new_page(viewport={"width": 1000, "height": 800})
+    blocked: list[str] = []
+    problems: list[str] = []
+
+    def offline(route) -> None:
+        # Only this machine answers: anything else is what a machine without internet sees.
+        if route.request.url.startswith(server + "/"):
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    page.route("**/*", offline)
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
+    page.goto(f"{server}/docs")
+    page.wait_for_selector("#operations .op", timeout=15_000)
+    text = page.inner_text("#operations")
+    for operation in ("/api/stylize", "/api/styles", "/api/styles/{name}/thumbnail", "/healthz"):
+        assert operation in text
+    assert page.locator("#toc a").count() >= 4
+    stylize = page.locator(".op", has_text="/api/stylize").first.inner_text()
+    for field in ("image", "style", "strength", "preserve_color", "mask", "max_size", "413"):
+        assert field in stylize
+    assert page.is_hidden("#error") and page.is_hidden("#docs-status")
+    assert not blocked, blocked
+    assert not problems, problems
     page.close()

@@ -1,6 +1,9 @@
-"""Thin entry point: ``python stylize.py --model M --input IN --output OUT``."""
+"""Thin entry point: ``python stylize.py --model M --input IN --output OUT``
+(see fast_style/infer/cli.py)."""
 
-from fast_style.stylize import main
+import sys
+
+from fast_style.infer.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -8,14 +8,14 @@ Prints a Markdown table of the median latency (batch 1, one image) and images/s,
 same rows as JSON (``--json``, default ``outputs/bench_stylize.json``). Backends:
 
 * ``eager``: PyTorch ``TransformerNet`` as trained, NCHW (the baseline);
-* ``deploy``: PyTorch ``fast_style.export.DeployNet`` (the same function re-parameterised:
+* ``deploy``: PyTorch ``fast_style.infer.export.DeployNet`` (the same function re-parameterised:
   sub-pixel decoder, row-split output conv), NCHW;
 * ``channels_last``: ``DeployNet`` with channels_last tensors (``Stylizer``'s PyTorch path);
 * ``compile``: ``torch.compile`` of the channels_last ``DeployNet``; each new shape compiles
   for minutes on a 2-core CPU, so on CPU it is timed at ``--compile-sizes`` only (512²);
-* ``onnxruntime``: the model exported by ``fast_style.export``, ONNX Runtime with all graph
+* ``onnxruntime``: the model exported by ``fast_style.infer.export``, ONNX Runtime with all graph
   optimisations (``Stylizer``'s CPU default when no C compiler is available);
-* ``fused``: ``fast_style.fused_cpu`` (PyTorch's oneDNN convolutions, the layers between them
+* ``fused``: ``fast_style.infer.backends.fused`` (PyTorch's oneDNN convolutions, the layers between them
   fused into C kernels built at first use; ``Stylizer``'s CPU default). It raises glibc's
   malloc thresholds, process-wide (so does ``Stylizer`` on CPU), so the script does that up
   front for every backend (``--no-malloc-tuning``: for none, to measure what it brings);
@@ -55,11 +55,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fast_style.export import DeployNet, to_onnx_bytes
-from fast_style.fused_cpu import FusedRunner, tune_malloc
-from fast_style.imaging import list_images, load_rgb, pil_to_tensor, resize_long_side
-from fast_style.model_io import load_model
-from fast_style.transformer import TransformerNet
+from fast_style.core.imaging import list_images, load_rgb, pil_to_tensor, resize_long_side
+from fast_style.core.model_io import load_model
+from fast_style.core.network import TransformerNet
+from fast_style.infer.backends.fused import FusedRunner, tune_malloc
+from fast_style.infer.export import DeployNet, to_onnx_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 WIDTHS = {"full": (32, 64, 128), "slim": (16, 32, 64)}
@@ -319,7 +319,7 @@ def int8_quality(net: TransformerNet, threads: int, n: int = 8, size: int = 512)
 
 def peak_memory_4k(net: TransformerNet, device: torch.device) -> dict[str, float]:
     """Peak GPU memory (GiB, bf16) stylising one 3840×2160 photo whole and in 512 px tiles."""
-    from fast_style.inference import Stylizer
+    from fast_style.infer.stylizer import Stylizer
 
     out = {}
     x = torch.rand(1, 3, 2160, 3840, device=device)
@@ -390,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    # The fused backend raises glibc's malloc thresholds (fast_style.fused_cpu.tune_malloc) and
+    # The fused backend raises glibc's malloc thresholds (fast_style.infer.backends.fused.tune_malloc) and
     # that is process-wide: set it up front so that every PyTorch backend is timed alike.
     if args.no_malloc_tuning:
         os.environ["FAST_STYLE_MALLOC_TUNING"] = "0"  # the fused backend would set it too

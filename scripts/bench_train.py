@@ -30,10 +30,11 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from fast_style.config import PROJECT_ROOT, validate
-from fast_style.data import GPUImageBank
-from fast_style.imaging import list_images
-from fast_style.system import StyleTransferSystem
+from fast_style.core.imaging import list_images
+from fast_style.core.resources import config_dir
+from fast_style.train.config import validate
+from fast_style.train.data import GPUImageBank
+from fast_style.train.system import StyleTransferSystem
 
 CONFIGS = {
     "eager-fp32": {"bf16": False, "channels_last": False, "compile": False},
@@ -55,7 +56,7 @@ def photos(folder: str | None, n: int, size: int) -> torch.Tensor:
 
 
 def build_system(overrides: list[str], flags: dict) -> StyleTransferSystem:
-    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
         cfg = compose(
             "train",
             [
@@ -127,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=5, help="untimed steps (compilation)")
     p.add_argument("--photos", default=None, help="folder of photos (default: noise)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--json", default=str(PROJECT_ROOT / "outputs" / "bench_train.json"))
+    p.add_argument("--json", default=str(Path("outputs") / "bench_train.json"))
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=slim")
     return p
 

@@ -7,7 +7,7 @@ Each trial starts ``train.py`` (the first one fresh, the others with
 ``ckpt_path=<run>/checkpoints/last.ckpt``), waits until that process has written a checkpoint
 of its own (so the resume demonstrably worked), then kills it with SIGKILL at a random moment:
 in every other trial the moment a checkpoint save is in flight (a temporary file of
-``fast_style.fileio.atomic_write`` appears), otherwise after a random delay. After each kill:
+``fast_style.core.fileio.atomic_write`` appears), otherwise after a random delay. After each kill:
 
 * every checkpoint under its final name must load and verify (digest, shapes);
 * the next resume must start at a step no earlier than the newest of them;
@@ -41,9 +41,9 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fast_style.checkpointing import checkpoint_step  # noqa: E402
-from fast_style.fileio import is_temp_file  # noqa: E402
-from fast_style.model_io import ModelFileError  # noqa: E402
+from fast_style.core.fileio import is_temp_file  # noqa: E402
+from fast_style.core.model_io import ModelFileError  # noqa: E402
+from fast_style.train.checkpointing import checkpoint_step  # noqa: E402
 
 RESUME_RE = re.compile(r"resuming from (.+) at step (\d+)")
 

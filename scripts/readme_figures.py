@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fast_style.config import resolve_path
-from fast_style.imaging import cover_crop, image_grid, load_tensor, save_image
-from fast_style.model_io import load_model
+from fast_style.core.imaging import cover_crop, image_grid, load_tensor, save_image
+from fast_style.core.model_io import load_model
+from fast_style.core.resources import resolve_data_path
 
 TERMS = ("total", "content", "style", "tv")
 
@@ -68,7 +68,7 @@ def plot_losses(scalars: dict, out: Path) -> Path:
 @torch.no_grad()
 def before_after(model: Path, photos: list[Path], size: int, out: Path) -> Path:
     net, meta = load_model(model)
-    style_file = resolve_path(meta["training"]["style"]["image"])
+    style_file = resolve_data_path(meta["training"]["style"]["image"])
     rows = []
     for p in photos:
         x = load_tensor(p, long_side=size)
@@ -87,7 +87,7 @@ def gallery(models: list[Path], photos: list[Path], size: int, out: Path) -> Pat
     nets = [load_model(m) for m in models]
     header = [torch.ones(3, h, w)]
     for _, meta in nets:
-        style = load_tensor(resolve_path(meta["training"]["style"]["image"]))
+        style = load_tensor(resolve_data_path(meta["training"]["style"]["image"]))
         header.append(cover_crop(style, (h, w))[0].clamp(0, 1))
     rows = [header]
     for x in xs:

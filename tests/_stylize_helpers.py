@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fast_style.model_io import describe, save_safetensors
-from fast_style.transformer import TransformerNet
+from fast_style.core.model_io import describe, save_safetensors
+from fast_style.core.network import TransformerNet
 
 TINY = (8, 16, 16)
 

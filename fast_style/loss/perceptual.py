@@ -142,7 +142,7 @@ class PerceptualLoss(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """The loss terms from precomputed loss-network features of ``output`` (B, 3, H, W).
 
-        Lets several styles share one loss-network pass (``fast_style.system``): their outputs
+        Lets several styles share one loss-network pass (``fast_style.train.system``): their outputs
         go through the network as one batch and each style scores its own slice.
         """
         if not self._has_style:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torchvision.models import vgg as tv_vgg
 
-from fast_style.imaging import normalize_imagenet
+from fast_style.core.imaging import normalize_imagenet
 
 WEIGHTS_ENV = "FAST_STYLE_VGG_WEIGHTS"
 # torchvision's layer recipes: "D" is VGG16, "E" is VGG19 (Simonyan & Zisserman 2015, Table 1).

@@ -1,0 +1,1 @@
+"""Baselines and measurement: the Gatys et al. optimisation and the evaluation harness."""

@@ -1,0 +1,328 @@
+"""Self-describing model files: save and load transform networks without unpickling code.
+
+Two forms carry the same metadata (a JSON-able dict, see ``describe``):
+
+* ``<style>.safetensors``: float weights + ``metadata["fast_style"]`` (JSON string);
+* a Lightning ``.ckpt``: ``checkpoint["fast_style"]`` + ``state_dict`` keys ``net.*``, read with
+  ``torch.load(weights_only=True)``.
+
+``load_model`` rebuilds the network from the metadata alone (architecture, widths, residual
+blocks), the way nanoGPT's checkpoints rebuild their model.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fast_style import __version__
+from fast_style.core.fileio import atomic_write
+from fast_style.core.network import ARCHITECTURE, TransformerConfig, TransformerNet
+
+FORMAT = "fast_style.transformer"
+FORMAT_VERSION = 1
+MODEL_SUFFIXES = (".safetensors", ".ckpt")
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Where the content digest lives: a safetensors metadata key, a checkpoint's top-level key.
+DIGEST_KEY = "fast_style_sha256"
+
+
+class ModelFileError(ValueError):
+    """A model file that is missing, corrupt, not fast_style's, or of another architecture."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Content digests: a bit flip anywhere in the weights or the metadata is caught at load time.
+
+
+def _feed(h: Any, obj: Any) -> None:
+    """Hash ``obj`` canonically: tensors by dtype, shape and bytes; mappings by sorted key;
+    sequences in order; scalars by type and ``repr``. The same value always hashes the same,
+    whichever device or memory layout a tensor had."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous().reshape(-1)
+        h.update(f"T{t.dtype}{tuple(obj.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, Mapping):
+        h.update(f"D{len(obj)}".encode())
+        for k in sorted(obj, key=str):
+            _feed(h, str(k))
+            _feed(h, obj[k])
+    elif isinstance(obj, list | tuple):
+        h.update(f"L{len(obj)}".encode())
+        for v in obj:
+            _feed(h, v)
+    elif isinstance(obj, str):
+        b = obj.encode()
+        h.update(f"S{len(b)}:".encode() + b)
+    elif isinstance(obj, bytes):
+        h.update(f"B{len(obj)}:".encode() + obj)
+    else:  # None, bool, int, float (repr round-trips floats exactly)
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+
+
+def content_digest(obj: Any) -> str:
+    """SHA-256 (hex) of ``obj``'s canonical form (see ``_feed``)."""
+    h = hashlib.sha256()
+    _feed(h, obj)
+    return h.hexdigest()
+
+
+def add_checkpoint_digest(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """Store the digest of everything else in ``checkpoint`` under ``DIGEST_KEY`` (in place)."""
+    checkpoint.pop(DIGEST_KEY, None)
+    checkpoint[DIGEST_KEY] = content_digest(checkpoint)
+    return checkpoint
+
+
+def verify_checkpoint_digest(checkpoint: dict[str, Any], path: Path) -> None:
+    """Raise ``ModelFileError`` when a stored digest does not match (no digest: older file)."""
+    stored = checkpoint.get(DIGEST_KEY)
+    if stored is None:
+        return
+    rest = {k: v for k, v in checkpoint.items() if k != DIGEST_KEY}
+    if stored != content_digest(rest):
+        raise ModelFileError(f"{path}: corrupt file (content digest mismatch)")
+
+
+def _safetensors_digest(state: Mapping[str, torch.Tensor], meta_json: str) -> str:
+    return content_digest({"tensors": dict(state), "fast_style": meta_json})
+
+
+def check_finite(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights holding NaN or infinity (such a model makes black or garbage images)."""
+    for k, v in state.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise ModelFileError(f"{path}: weights are not finite (NaN or infinity in {k})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing.
+
+
+def describe(
+    net: TransformerNet,
+    style: str,
+    width: str | None = None,
+    training: dict[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Metadata stored with every saved model (architecture, width, style, training settings)."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "fast_style_version": __version__,
+        **net.config.to_dict(),
+        "width": width,
+        "style": style,
+        "training": training or {},
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    }
+
+
+def save_safetensors(
+    net: TransformerNet, path: str | os.PathLike, meta: dict[str, Any], dtype: str = "float32"
+) -> Path:
+    """Write weights (cast to ``dtype``), metadata and their digest to a ``.safetensors``
+    file, atomically (``fileio.atomic_write``)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    state = {
+        k: v.detach().to(_DTYPES[dtype]).contiguous().cpu() for k, v in net.state_dict().items()
+    }
+    meta_json = json.dumps({**meta, "dtype": dtype})
+    header = {"fast_style": meta_json, DIGEST_KEY: _safetensors_digest(state, meta_json)}
+    with atomic_write(path) as tmp:
+        save_file(state, str(tmp), metadata=header)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading: metadata and shapes are checked before any tensor is built.
+
+
+def _check_meta(meta: Any, path: Path) -> dict[str, Any]:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: not a fast_style model (no fast_style metadata)")
+    try:
+        version = int(meta.get("format_version", 0))
+    except (TypeError, ValueError):
+        raise ModelFileError(f"{path}: bad format_version {meta.get('format_version')!r}") from None
+    if version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path}: format version {version} is newer than this fast_style "
+            f"understands ({FORMAT_VERSION}); upgrade fast_style"
+        )
+    if meta.get("architecture") != ARCHITECTURE:
+        raise ModelFileError(
+            f"{path}: architecture {meta.get('architecture')!r} is not {ARCHITECTURE!r}"
+        )
+    return meta
+
+
+def config_of(meta: dict[str, Any], path: Path) -> TransformerConfig:
+    """The network the metadata describes, with every size bounded (``TransformerConfig``)."""
+    try:
+        return TransformerConfig.from_dict(meta)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelFileError(f"{path}: metadata does not describe a network ({e})") from None
+
+
+def expected_shapes(cfg: TransformerConfig) -> dict[str, tuple[int, ...]]:
+    """Every weight's shape for ``cfg``, from a network on the meta device (no memory)."""
+    with torch.device("meta"):
+        net = TransformerNet.from_config(cfg)
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
+def check_shapes(shapes: Mapping[str, tuple[int, ...]], cfg: TransformerConfig, path: Path) -> None:
+    """The file's tensors must be exactly those of the described network."""
+    want = expected_shapes(cfg)
+    missing = sorted(set(want) - set(shapes))
+    extra = sorted(set(shapes) - set(want))
+    wrong = [k for k in want if k in shapes and tuple(shapes[k]) != want[k]]
+    if missing or extra or wrong:
+        if wrong:
+            k = wrong[0]
+            detail = f"{k} is {tuple(shapes[k])}, expected {want[k]}"
+        else:
+            detail = f"missing {missing[:2]}" if missing else f"unexpected {extra[:2]}"
+        raise ModelFileError(
+            f"{path}: weights do not match the architecture in its metadata ({detail})"
+        )
+
+
+def _safetensors_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
+    """The metadata strings and tensor shapes of a safetensors file (no tensor data read)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = dict(f.metadata() or {})
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelFileError(f"{path}: corrupt or not a safetensors file ({first})") from None
+    return raw, shapes
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Weights and metadata of a ``.safetensors`` model: header, sizes and shapes checked
+    first, then the tensors, their digest and their finiteness."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    raw, shapes = _safetensors_header(path)
+    meta_json = raw.get("fast_style")
+    try:
+        meta = json.loads(meta_json) if meta_json else None
+    except json.JSONDecodeError:
+        meta = None
+    meta = _check_meta(meta, path)
+    check_shapes(shapes, config_of(meta, path), path)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ModelFileError(f"{path}: corrupt or not a safetensors file ({e})") from None
+    stored = raw.get(DIGEST_KEY)
+    if stored is not None and stored != _safetensors_digest(state, meta_json or ""):
+        raise ModelFileError(f"{path}: corrupt file (content digest mismatch)")
+    check_finite(state, path)
+    return state, meta
+
+
+def load_checkpoint_dict(path: Path) -> dict[str, Any]:
+    """A Lightning checkpoint as plain data (``weights_only=True``: never executes pickled
+    code), its digest verified."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
+        raise ModelFileError(
+            f"{path}: refused to load, not a plain-data checkpoint ({first})"
+        ) from None
+    except Exception as e:  # zip errors, truncation, EOF, …
+        raise ModelFileError(
+            f"{path}: corrupt or not a PyTorch checkpoint ({type(e).__name__})"
+        ) from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise ModelFileError(f"{path}: not a Lightning checkpoint (no state_dict)")
+    verify_checkpoint_digest(ckpt, path)
+    return ckpt
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The first network's weights (``net.*``) and metadata of a Lightning checkpoint."""
+    ckpt = load_checkpoint_dict(path)
+    meta = _check_meta(ckpt.get("fast_style"), path)
+    state = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelFileError(f"{path}: state_dict holds non-tensor values")
+    check_shapes({k: tuple(v.shape) for k, v in state.items()}, config_of(meta, path), path)
+    check_finite(ckpt["state_dict"], path)
+    return state, meta
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as e:
+        raise ModelFileError(f"{path}: cannot read ({e.strerror or e})") from None
+    if path.suffix == ".safetensors":
+        return read_safetensors(path)
+    if path.suffix in (".ckpt", ".pt", ".pth") or head.startswith(b"PK"):
+        return read_checkpoint(path)
+    raise ModelFileError(f"{path}: unknown model file type (expected .safetensors or .ckpt)")
+
+
+def load_model(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[TransformerNet, dict[str, Any]]:
+    """Rebuild a ``TransformerNet`` (eval mode, float32) and return it with its metadata.
+
+    Everything is checked before the network is built: the metadata (sizes bounded), the
+    tensor shapes against it, the content digest and that every weight is finite."""
+    path = Path(path)
+    state, meta = _read(path)
+    net = TransformerNet.from_config(config_of(meta, path))
+    net.load_state_dict({k: v.float() for k, v in state.items()})
+    return net.to(device).eval(), meta
+
+
+def find_models(dirs: list[str | os.PathLike]) -> list[Path]:
+    """Model files (``.safetensors``, ``.ckpt``) directly inside ``dirs``, sorted by name."""
+    out: list[Path] = []
+    for d in dirs:
+        d = Path(d)
+        if d.is_dir():
+            out += sorted(p for p in d.iterdir() if p.suffix in MODEL_SUFFIXES and p.is_file())
+    return out
+
+
+def resolve_model(spec: str | os.PathLike, search_dirs: list[str | os.PathLike]) -> Path:
+    """A model path, or a bare style name looked up as ``<dir>/<name>.safetensors|.ckpt``."""
+    p = Path(spec).expanduser()
+    if p.is_file():
+        return p
+    if p.suffix not in MODEL_SUFFIXES and len(p.parts) == 1:
+        for d in search_dirs:
+            for suffix in MODEL_SUFFIXES:
+                cand = Path(d) / f"{spec}{suffix}"
+                if cand.is_file():
+                    return cand
+        names = sorted({m.stem for m in find_models(search_dirs)})
+        raise ModelFileError(f"no model named {spec!r}; available: {', '.join(names) or 'none'}")
+    raise ModelFileError(f"{p}: no such model file")

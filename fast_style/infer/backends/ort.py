@@ -1,0 +1,103 @@
+"""The ``onnxruntime`` backend: the ONNX export of ``DeployNet``, cached on disk, run on CPU."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fast_style.core.imaging import crop_to, pad_to_multiple
+from fast_style.core.network import MIN_SIZE, SIZE_MULTIPLE, TransformerNet
+from fast_style.infer.deploy import NORM_INPUT_NAME
+
+_ORT_AVAILABLE: bool | None = None
+
+
+def onnxruntime_available() -> bool:
+    """True when onnxruntime (and the onnx exporter's dependencies) can be imported."""
+    global _ORT_AVAILABLE
+    if _ORT_AVAILABLE is None:
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+
+            _ORT_AVAILABLE = True
+        except ImportError:
+            _ORT_AVAILABLE = False
+    return _ORT_AVAILABLE
+
+
+# --------------------------------------------------------------------------------------------
+# Backends.
+
+
+def onnx_cache_dir() -> Path:
+    """``$FAST_STYLE_CACHE`` or ``~/.cache/fast_style``, sub-folder ``onnx``."""
+    root = os.environ.get("FAST_STYLE_CACHE") or Path.home() / ".cache" / "fast_style"
+    return Path(root) / "onnx"
+
+
+def cached_onnx(net: TransformerNet, refresh: bool = False, frozen_norms: bool = False) -> bytes:
+    """The ONNX export of ``net``, cached on disk by a hash of its weights and the exporter's
+    versions (exporting takes 1-2 s on a small CPU; loading the cached file, milliseconds).
+    An unwritable cache is skipped silently."""
+    from fast_style import __version__
+    from fast_style.infer.deploy import DEPLOY_VERSION
+    from fast_style.infer.export import to_onnx_bytes
+
+    key = f"{__version__}/{DEPLOY_VERSION}/{torch.__version__}/{frozen_norms}"
+    h = hashlib.sha256(key.encode())
+    for k, v in sorted(net.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
+    path = onnx_cache_dir() / f"{h.hexdigest()[:32]}.onnx"
+    if not refresh:
+        try:
+            return path.read_bytes()
+        except OSError:
+            pass
+    data = to_onnx_bytes(net, frozen_norms=frozen_norms)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)  # atomic: concurrent processes never read a half-written file
+    except OSError:
+        pass
+    return data
+
+
+class OrtRunner:
+    """The network exported to ONNX (``DeployNet``, or ``FrozenNormNet`` with ``frozen_norms``
+    for the tiles of tiled inference), run by ONNX Runtime on CPU."""
+
+    def __init__(self, net: TransformerNet, threads: int | None = None, frozen_norms: bool = False):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = threads or torch.get_num_threads()
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        providers = ["CPUExecutionProvider"]
+        try:
+            data = cached_onnx(net, frozen_norms=frozen_norms)
+            self.session = ort.InferenceSession(data, opts, providers=providers)
+        except Exception:  # a damaged cache file (ORT raises its own exception types)
+            data = cached_onnx(net, refresh=True, frozen_norms=frozen_norms)
+            self.session = ort.InferenceSession(data, opts, providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor, norm_affine: torch.Tensor | None = None) -> torch.Tensor:
+        # Pad here (one source: imaging.pad_to_multiple, also for tiny images) so the graph
+        # always sees H, W multiples of 4 and ≥ 8.
+        xp, size = pad_to_multiple(x.float().cpu(), SIZE_MULTIPLE, MIN_SIZE)
+        feed = {self.input_name: np.ascontiguousarray(xp.numpy())}
+        if norm_affine is not None:
+            feed[NORM_INPUT_NAME] = norm_affine.float().cpu().numpy()
+        y = self.session.run(None, feed)[0]
+        return crop_to(torch.from_numpy(y), size).to(x.device)

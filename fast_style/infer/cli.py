@@ -1,0 +1,593 @@
+"""``python stylize.py --model MODEL --input IN [IN …] --output OUT [options]``
+
+Stylise photos, folders (recursive) and globs with a trained model; see ``--help``. The engine
+is ``fast_style.infer.stylizer.Stylizer``; this module only parses arguments, finds the files, maps
+them to output paths and reports progress.
+
+Rules:
+
+* Folders are searched recursively and symlinked sub-folders are followed; a folder reached
+  twice (a link loop, two links to one folder) is searched once, with a note on stderr.
+* ``--output`` with an extension is a file (one input), and the extension must be one of
+  ``OUTPUT_EXTENSIONS`` (GIF, video or unknown extensions are usage errors); without one, or when
+  it is an existing folder, it is a folder that mirrors the inputs' names.
+* Every output is planned before the model loads: an output that is an input (same path, or the
+  same file through a hard or symbolic link) or one output for two differently named inputs
+  (``photo.gif`` and ``photo.png`` both → ``photo.png``) is a usage error and nothing is written.
+  The same name from two folders (``a/x.jpg``, ``b/x.jpg`` into one folder) becomes ``x.jpg`` and
+  ``x-2.jpg``, with a note.
+* ``--max-pixels N`` (default 200 MP) is the only pixel limit (Pillow's own is lifted); a larger
+  image fails with a message naming the limit.
+* ``--mask`` must have each image's aspect ratio within 2 % (any resolution): otherwise that
+  image fails (reported, counted as failed), never stretched.
+
+Exit status: 0 all images written; 1 some images failed (each reported on one line, the others
+are still written); 2 a usage error (bad option, model or output plan), reported on one line.
+Outputs are written crash-safely: a killed run never leaves a half-written image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from fast_style.core.imaging import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    MaskSizeError,
+    check_mask_size,
+    list_images,
+    open_image,
+    save_image,
+)
+from fast_style.core.model_io import ModelFileError, find_models, read_checkpoint, read_safetensors
+from fast_style.core.resources import default_photo, model_dirs
+from fast_style.infer.backends import BACKENDS
+from fast_style.infer.stylizer import Stylizer
+
+# Built-in defaults: `python stylize.py` alone stylizes a shipped photo with a shipped model.
+DEFAULT_MODEL = "starry_night"
+DEFAULT_INPUT = default_photo()
+DEFAULT_OUTPUT = Path("outputs") / "stylized" / "kodim23.jpg"
+
+OUTPUT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
+MAX_PIXELS_HINT = "raise it with --max-pixels"
+
+
+class PlanError(ValueError):
+    """An output plan that would destroy or lose an image; nothing is written."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input file and where its result goes."""
+
+    src: Path
+    dst: Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="stylize.py",
+        description="Stylise photos, folders and huge images with a trained fast_style model.",
+        epilog="Every output is planned before the model loads: an output that is an input (the "
+        "same path, or the same file through a hard or symbolic link), or one output for two "
+        "inputs (photo.gif and photo.png both → photo.png), is refused and nothing is written. "
+        "The same name from two folders becomes x.jpg and x-2.jpg, with a note. Symlinked "
+        "sub-folders are followed, each real folder once. Exit status: 0 all images written, "
+        "1 some images failed (each reported), 2 a usage error.",
+    )
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"a .ckpt, a .safetensors, or a style name in checkpoints/ (default {DEFAULT_MODEL})",
+    )
+    p.add_argument(
+        "--input",
+        nargs="+",
+        metavar="IN",
+        default=[str(DEFAULT_INPUT)],
+        help="files, folders (recursive), globs (default: the shipped Kodak photo)",
+    )
+    p.add_argument(
+        "--output",
+        metavar="OUT",
+        default=str(DEFAULT_OUTPUT),
+        help=f"an image file (one input; extension {', '.join(OUTPUT_EXTENSIONS)}) or a folder "
+        f"(no extension, or an existing folder); never an input (default {DEFAULT_OUTPUT})",
+    )
+    p.add_argument("--list-models", action="store_true", help="list available models and exit")
+    p.add_argument(
+        "--models-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="extra folder searched for style names (repeatable)",
+    )
+    g = p.add_argument_group("look")
+    g.add_argument(
+        "--strength",
+        type=float,
+        default=1.0,
+        help="0 = the photo, 1 = full style (blend in Oklab); default 1",
+    )
+    g.add_argument(
+        "--preserve-color",
+        action="store_true",
+        help="keep the photo's colours (luminance-only transfer)",
+    )
+    g.add_argument(
+        "--match-histogram",
+        action="store_true",
+        help="with --preserve-color: match the luminance histogram; alone: map the "
+        "result's colour histogram (mean, covariance) onto the photo's",
+    )
+    g.add_argument(
+        "--mask",
+        metavar="FILE",
+        help="greyscale mask: white = styled, black = photo; any resolution, but each image's "
+        "aspect ratio (within 2%%): an image it does not fit fails",
+    )
+    g = p.add_argument_group("size")
+    g.add_argument("--max-size", type=int, metavar="N", help="downscale the long side to N first")
+    g.add_argument("--tile", type=int, metavar="N", help="stylise in N×N tiles (huge images)")
+    g.add_argument("--overlap", type=int, default=32, metavar="P", help="tile overlap (default 32)")
+    g.add_argument(
+        "--max-pixels",
+        type=_pixel_count,
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help="refuse images of more than N pixels, before decoding (default "
+        f"{DEFAULT_MAX_PIXELS} = {DEFAULT_MAX_PIXELS / 1e6:g} MP; 2e8 works); the only pixel "
+        "limit: Pillow's own is lifted",
+    )
+    g = p.add_argument_group("output")
+    g.add_argument(
+        "--ext",
+        choices=[e.lstrip(".") for e in OUTPUT_EXTENSIONS],
+        help="output format for folder outputs (default: the input's)",
+    )
+    g.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95)")
+    g = p.add_argument_group("execution")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    g.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="auto: on CPU the fused kernels (built with the C compiler at first use), else "
+        "ONNX Runtime, else PyTorch; on GPU PyTorch",
+    )
+    g.add_argument(
+        "--half",
+        nargs="?",
+        const="fp16",
+        choices=["fp16", "bf16"],
+        help="half precision on GPU (fp16 default, or bf16)",
+    )
+    g.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        help="keep PyTorch's default NCHW memory format",
+    )
+    g.add_argument("--batch-size", type=int, default=4, help="images per batch (same size only)")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _pixel_count(text: str) -> int:
+    """``200000000``, ``200_000_000`` or ``2e8`` → an int (argparse type)."""
+    try:
+        return int(text) if text.replace("_", "").isdigit() else int(float(text))
+    except (ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(f"not a pixel count: {text!r}") from None
+
+
+def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    if a.list_models:
+        return
+    missing = [f"--{n}" for n in ("model", "input", "output") if not getattr(a, n)]
+    if missing:
+        p.error(f"missing {', '.join(missing)}")
+    if not 0.0 <= a.strength <= 1.0:
+        p.error(f"--strength must be between 0 and 1, got {a.strength}")
+    if a.max_size is not None and a.max_size < 8:
+        p.error("--max-size must be at least 8")
+    if a.tile is not None and (a.tile < 64 or a.tile % 4):
+        p.error("--tile must be a multiple of 4 and at least 64")
+    if a.tile is not None and not 0 <= a.overlap <= a.tile // 4:
+        p.error(f"--overlap must be between 0 and tile/4 = {a.tile // 4}")
+    if a.max_pixels < 1:
+        p.error("--max-pixels must be at least 1")
+    if a.batch_size < 1:
+        p.error("--batch-size must be at least 1")
+    if not 1 <= a.quality <= 100:
+        p.error("--quality must be between 1 and 100")
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs and outputs.
+
+
+def expand_inputs(
+    specs: Iterable[str], notes: list[str] | None = None
+) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """Files, folders and globs → ``(file, name relative to its folder)`` pairs, and errors.
+
+    Folders are searched recursively (following symlinked sub-folders, each real folder once;
+    ``notes`` gets a line per folder skipped) and keep their sub-folder structure; globs and
+    files give the bare file name. Duplicates (one file by two paths) are dropped."""
+    found: list[tuple[Path, Path]] = []
+    errors: list[str] = []
+    seen: set[Path] = set()
+
+    def add(path: Path, rel: Path) -> None:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            found.append((path, rel))
+
+    for spec in specs:
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            images = list_images(path, notes=notes)
+            if not images:
+                errors.append(f"{spec}: no images in this folder")
+            for f in images:
+                add(f, f.relative_to(path))
+        elif path.is_file():
+            add(path, Path(path.name))
+        elif glob.has_magic(spec):
+            matches = sorted(Path(m) for m in glob.glob(str(path), recursive=True))
+            files = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_EXTENSIONS]
+            for d in (m for m in matches if m.is_dir()):
+                files += list_images(d, notes=notes)
+            if not files:
+                errors.append(f"{spec}: no images match")
+            for f in files:
+                add(f, Path(f.name))
+        else:
+            errors.append(f"{spec}: no such file or folder")
+    return found, errors
+
+
+def _file_output(out: Path, spec: str) -> bool:
+    """True when ``--output`` names a file: it has an extension and is not an existing folder.
+    A file name must have a writable image extension (usage error otherwise)."""
+    if not out.suffix or out.is_dir():
+        return False
+    if out.suffix.lower() in OUTPUT_EXTENSIONS:
+        return True
+    # Without this, "o.xyz" or "o.gif" silently became a folder named like a file.
+    why = " (GIF inputs are written as PNG)" if out.suffix.lower() == ".gif" else ""
+    raise PlanError(
+        f"--output {spec}: {out.suffix} is not an image format stylize.py writes{why}; use "
+        f"{', '.join(OUTPUT_EXTENSIONS)}, or a folder name without an extension"
+    )
+
+
+def plan_outputs(
+    inputs: list[tuple[Path, Path]], output: str, ext: str | None, notes: list[str] | None = None
+) -> list[Job]:
+    """Map every input to its output path and check the whole plan before anything is written.
+
+    ``output`` is a file when it has an image extension and is not an existing folder (then
+    exactly one input is allowed), otherwise a folder. Raises ``PlanError`` (one line) for an
+    output that is an input or one output for two inputs; see ``_folder_jobs``."""
+    out = Path(output).expanduser()
+    if _file_output(out, output):
+        if len(inputs) != 1:
+            raise PlanError(
+                f"--output {output} is a file but {len(inputs)} images were given; give a folder"
+            )
+        jobs = [Job(inputs[0][0], out)]
+    elif out.exists() and not out.is_dir():
+        raise PlanError(f"--output {output} exists and is not a folder")
+    else:
+        jobs = _folder_jobs(inputs, out, ext, notes)
+    check_no_overwrite(jobs, [src for src, _ in inputs])
+    return jobs
+
+
+def _identity(path: Path) -> str:
+    """A path as the filesystem sees it: links resolved, case folded where the OS folds it."""
+    return os.path.normcase(os.path.realpath(path))
+
+
+def _folder_jobs(
+    inputs: list[tuple[Path, Path]], out: Path, ext: str | None, notes: list[str] | None
+) -> list[Job]:
+    """Outputs under the folder ``out``. Inputs whose names differ but map to one output
+    (``photo.gif`` and ``photo.png`` → ``photo.png``) are a ``PlanError``; the same name from
+    two folders is renamed ``x-2.jpg``, … (no image is lost, and it keeps batches of flattened
+    globs working), with a note."""
+    natural = []
+    for src, rel in inputs:
+        dst = out / rel
+        if ext or dst.suffix.lower() not in OUTPUT_EXTENSIONS:
+            dst = dst.with_suffix("." + (ext or "png"))  # gif, ppm, … become png
+        natural.append((src, rel, dst))
+    # An output that is an input is the worse mistake: report it before any name clash.
+    check_no_overwrite([Job(src, dst) for src, _, dst in natural], [src for src, _ in inputs])
+    owner: dict[str, tuple[Path, Path]] = {}  # output identity → (src, rel) of its first input
+    for src, rel, dst in natural:
+        first = owner.setdefault(_identity(dst), (src, rel))
+        if os.path.normcase(first[1]) != os.path.normcase(rel):
+            raise PlanError(f"{first[0]} and {src} would both be written to {dst}; nothing written")
+    taken = set(owner) | {_identity(src) for src, _ in inputs}
+    jobs, assigned = [], set()
+    for src, _, base in natural:
+        dst, n = base, 2
+        while _identity(dst) in assigned or (dst != base and _identity(dst) in taken):
+            dst = base.with_name(f"{base.stem}-{n}{base.suffix}")
+            n += 1
+        if dst != base and notes is not None:
+            notes.append(f"{src} → {dst} ({base.name} is taken by another input of that name)")
+        assigned.add(_identity(dst))
+        jobs.append(Job(src, dst))
+    return jobs
+
+
+def _inode(path: Path) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of the file ``path`` leads to (through links), None if none."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def check_no_overwrite(jobs: Sequence[Job], inputs: Sequence[Path]) -> None:
+    """``PlanError`` naming the files when an output is one of ``inputs``: the same path (links
+    resolved, case folded where the OS does) or, for an existing output, the same file (device
+    and inode: a hard link, or a symlink to an input)."""
+    by_path = {_identity(p): p for p in inputs}
+    by_inode = {key: p for p in inputs if (key := _inode(p)) is not None}
+    problems = []
+    for job in jobs:
+        victim = by_path.get(_identity(job.dst))
+        if victim is None and (key := _inode(job.dst)) in by_inode:
+            victim = by_inode[key]
+        if victim is not None:
+            # Name the link when the output is not literally the input's path.
+            same = os.path.normcase(os.path.abspath(job.dst)) == os.path.normcase(
+                os.path.abspath(victim)
+            )
+            via = "" if same else f" ({job.dst} is a link to it)"
+            problems.append(
+                f"refusing to overwrite the input {victim} with the result of {job.src}{via}"
+            )
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise PlanError(f"{problems[0]}{more}; nothing written")
+
+
+def write_result(img: Image.Image, job: Job, quality: int) -> None:
+    """Save (crash-safely), never over the input; alpha is kept where the format carries it."""
+    # The plan was checked; this re-check guards files that changed since (a new hard link).
+    check_no_overwrite([job], [job.src])
+    alpha = img.getchannel("A") if img.mode == "RGBA" else None
+    save_image(img.convert("RGB"), job.dst, alpha=alpha, quality=quality)
+
+
+# ---------------------------------------------------------------------------------------------
+# Listing models.
+
+
+def list_models(dirs: Sequence[Path]) -> list[str]:
+    """One line per model file in ``dirs``: name, style, widths, dtype, steps, size, path
+    (columns as wide as their longest entry)."""
+    rows: list[tuple[str, ...]] = []
+    broken: list[tuple[str, str]] = []
+    for path in find_models(list(dirs)):
+        try:
+            reader = read_safetensors if path.suffix == ".safetensors" else read_checkpoint
+            _, meta = reader(path)
+        except ModelFileError as e:
+            broken.append((path.stem, str(e)))
+            continue
+        rows.append(
+            (
+                path.stem,
+                str(meta.get("style", "?")),
+                str(meta.get("width") or "-"),
+                "/".join(str(c) for c in meta.get("channels", [])),
+                str(meta.get("num_residual", "?")),
+                str(meta.get("dtype", "float32")),
+                str(meta.get("global_step", "-")),
+                f"{path.stat().st_size / 1e6:.1f}",
+                str(path),
+            )
+        )
+    header = ("name", "style", "width", "channels", "res", "dtype", "steps", "MB", "path")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    right = {4, 6, 7}  # numeric columns
+
+    def fmt(row: tuple[str, ...]) -> str:
+        cells = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        return " ".join(cells[:-1]) + "  " + row[-1]
+
+    lines = [fmt(header), *(fmt(r) for r in rows)]
+    lines += [f"{name.ljust(widths[0])} (unreadable: {err})" for name, err in broken]
+    if not rows and not broken:
+        lines.append(f"(no models in {', '.join(str(d) for d in dirs)})")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress.
+
+
+class _Progress:
+    """tqdm when installed (it is optional), else a plain counter on stderr."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.done, self.bar = total, 0, None
+        self.enabled = enabled and total > 1
+        if self.enabled:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True)
+            except ImportError:
+                pass
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.enabled:
+            end = "\n" if self.done >= self.total else ""
+            print(f"\r{self.done}/{self.total} images", end=end, file=sys.stderr, flush=True)
+
+    def message(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(("\n" if self.enabled and self.done else "") + text, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _batches(jobs: list[Job], size: int) -> Iterator[list[Job]]:
+    for i in range(0, len(jobs), size):
+        yield jobs[i : i + size]
+
+
+def _load(job: Job, mask: Image.Image | None, max_pixels: int) -> Image.Image:
+    """Decode a job's image and check that the mask fits it (``ImageReadError``,
+    ``MaskSizeError``); before stylising, so that one misfit does not fail a whole batch."""
+    img = open_image(job.src, max_pixels, hint=MAX_PIXELS_HINT)
+    if mask is not None:
+        check_mask_size(mask.size, img.size)
+    return img
+
+
+def run_jobs(
+    stylizer: Stylizer, jobs: list[Job], args: argparse.Namespace, mask: Image.Image | None = None
+) -> tuple[int, int]:
+    """Stylise and write every job; a failing image is reported and skipped. Returns
+    ``(written, failed)``."""
+    opts = {
+        "strength": args.strength,
+        "preserve_color": args.preserve_color,
+        "match_histogram": args.match_histogram,
+        "max_size": args.max_size,
+        "tile": args.tile,
+        "overlap": args.overlap,
+        "mask": mask,
+    }
+    progress = _Progress(len(jobs), not args.quiet)
+    written = failed = 0
+    try:
+        for batch in _batches(jobs, args.batch_size):
+            loaded: list[tuple[Job, Image.Image]] = []
+            for job in batch:
+                try:
+                    loaded.append((job, _load(job, mask, args.max_pixels)))
+                except ImageReadError as e:
+                    progress.message(f"error: {e}")
+                    failed += 1
+                    progress.update()
+                except MaskSizeError as e:
+                    progress.message(f"error: {job.src}: --mask {args.mask}: {e}")
+                    failed += 1
+                    progress.update()
+            try:
+                results = stylizer.stylize_images([im for _, im in loaded], **opts)
+            except (RuntimeError, ValueError):  # e.g. out of memory: isolate per image
+                results = [None] * len(loaded)
+            for (job, im), out in zip(loaded, results, strict=True):
+                try:
+                    img = out if out is not None else stylizer.stylize_image(im, **opts)
+                    write_result(img, job, args.quality)
+                    written += 1
+                except (RuntimeError, ValueError, OSError) as e:
+                    progress.message(f"error: {job.src}: {str(e).splitlines()[0]}")
+                    failed += 1
+                progress.update()
+    finally:
+        progress.close()
+    return written, failed
+
+
+def _plan(args: argparse.Namespace) -> tuple[list[Job], int, Image.Image | None]:
+    """Inputs, the checked output plan and the mask, before the model loads: ``(jobs, number
+    of input errors, mask)``. Exits with status 2 on a usage error."""
+    notes: list[str] = []
+    inputs, errors = expand_inputs(args.input, notes)
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+    if not inputs:
+        _usage_exit("no input images found")
+    try:
+        jobs = plan_outputs(inputs, args.output, args.ext, notes)
+        mask = open_image(args.mask, args.max_pixels, MAX_PIXELS_HINT) if args.mask else None
+    except (ImageReadError, ValueError) as e:
+        _usage_exit(str(e))
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
+    return jobs, len(errors), mask
+
+
+def _usage_exit(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point. Returns 0; exits with status 1 (some images failed) or 2 (usage)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_args(parser, args)
+    dirs = model_dirs(args.models_dir)
+    if args.list_models:
+        print("\n".join(list_models(dirs)))
+        return 0
+    jobs, input_errors, mask = _plan(args)
+    try:
+        stylizer = Stylizer(
+            args.model,
+            device=args.device,
+            half=args.half or False,
+            channels_last=args.channels_last,
+            search_dirs=args.models_dir,
+            backend=args.backend,
+        )
+    except (ModelFileError, ValueError) as e:
+        parser.exit(2, f"error: {e}\n")
+    if args.half and stylizer.device.type == "cpu":
+        print("note: --half is ignored on CPU (fp32 is faster there)", file=sys.stderr)
+    start = time.perf_counter()
+    written, failed = run_jobs(stylizer, jobs, args, mask)
+    failed += input_errors
+    dt = time.perf_counter() - start
+    rate = written / dt if dt > 0 else 0.0
+    where = jobs[0].dst if len(jobs) == 1 else Path(args.output)
+    summary = (
+        f"stylized {written} image{'s' * (written != 1)} in {dt:.2f} s "
+        f"({rate:.2f} images/s) with {stylizer.style!r} on {stylizer.device} "
+        f"[{stylizer.backend}] → {where}"
+    )
+    print(summary + (f"; {failed} failed" if failed else ""))
+    if failed:
+        sys.exit(1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

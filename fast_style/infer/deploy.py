@@ -1,0 +1,183 @@
+"""``DeployNet``: ``TransformerNet`` re-parameterised for inference and export (same outputs).
+
+Used by every CPU backend and by the ONNX and TorchScript exports; ``FrozenNormNet`` is its
+form with every instance norm frozen to given statistics (the tiles of tiled inference).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fast_style.core.network import SIZE_MULTIPLE, TransformerNet
+
+NORM_INPUT_NAME = "norm_affine"  # FrozenNormNet's second input (ONNX name too)
+DEPLOY_VERSION = 3  # bump when DeployNet's graph changes (invalidates cached exports)
+
+
+def _phase_kernels(k: torch.Tensor) -> torch.Tensor:
+    """Nearest ×2 upsampling → reflection pad 1 → 3×3 conv ``k`` (Cout, Cin, 3, 3), rewritten as
+    four 2×2 convs on the low-resolution input padded by 1 (replicate), one per output phase.
+
+    Output row 2i + a reads upsampled rows 2i + a - 1 … 2i + a + 1, i.e. low-res rows
+    (i - 1, i, i) for a = 0 and (i, i, i + 1) for a = 1 (at the borders the reflection of the
+    upsampled image is the replicate padding of the low-res one). So row taps k0, k1, k2 merge
+    into (k0, k1 + k2) at offset 0 and (k0 + k1, k2) at offset 1; likewise for columns.
+    Returns (4, Cout, Cin, 2, 2), phase index 2a + b.
+    """
+    merge = k.new_tensor([[[1, 0, 0], [0, 1, 1]], [[1, 1, 0], [0, 0, 1]]], dtype=torch.float64)
+    kk = k.detach().double()
+    out = [torch.einsum("ru,oiuv,sv->oirs", merge[a], kk, merge[b]) for a in (0, 1) for b in (0, 1)]
+    return torch.stack(out).to(k.dtype)
+
+
+class SubPixelConvLayer(nn.Module):
+    """``UpsampleConv`` (nearest ×2 → reflect pad → 3×3 conv → IN → ReLU) computed at low
+    resolution: the 4 phase convs with 2×2 kernels (16 instead of 36 multiply-adds per input
+    pixel and channel pair) run as *one* conv to 4 · Cout channels over the replicate-padded
+    input; phase (a, b) is that output shifted by (a, b). One conv over the whole input instead
+    of four over shifted input slices moves half the bytes (the shifts act on Cout rather than
+    Cin = 2 · Cout channels) and needs one layout reorder instead of four in ONNX Runtime.
+
+    The phases are interleaved by two stacks and free reshapes (columns within each row
+    phase, then the two row phases) rather than ``pixel_shuffle``: ONNX Runtime's
+    ``DepthToSpace`` was the slowest copy of the network (A/B in docs/benchmarks.md). Same
+    result."""
+
+    def __init__(self, up: nn.Module):
+        super().__init__()
+        _, layer = up  # (Upsample2x, ConvLayer(pad, conv, norm, act))
+        _, conv, self.norm, self.act = layer
+        # (4 · Cout, Cin, 2, 2), phase-major: a 4-D buffer, so .to(channels_last) works.
+        self.register_buffer("weight", _phase_kernels(conv.weight).flatten(0, 1))
+        self.register_buffer("bias", conv.bias.detach().repeat(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2], x.shape[-1]
+        co = self.weight.shape[0] // 4
+        # (B, 4 · Cout, h + 1, w + 1): output (i, j) of phase (a, b) is at (i + a, j + b)
+        y = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), self.weight, self.bias)
+        rows: list[torch.Tensor] = []
+        for a in range(2):
+            left = y[:, (2 * a) * co : (2 * a + 1) * co, a : a + h, 0:w]
+            right = y[:, (2 * a + 1) * co : (2 * a + 2) * co, a : a + h, 1 : 1 + w]
+            # (B, Cout, h, w, 2) → (B, Cout, h, 2w): output row 2i + a
+            rows.append(torch.stack([left, right], -1).reshape(y.shape[0], co, h, 2 * w))
+        # (B, Cout, h, 2, 2w) → (B, Cout, 2h, 2w)
+        up = torch.stack(rows, 3).reshape(y.shape[0], co, 2 * h, 2 * w)
+        return self.act(self.norm(up))
+
+
+class RowSplitConv(nn.Module):
+    """The output layer (reflect pad 4 → 9×9 conv to 3 channels) as a 1×9 conv to 3 · 9
+    channels, one per (output channel, kernel row), followed by the sum of the 9 row-shifted
+    slices. A 3-channel output wastes most lanes of a SIMD conv kernel (MLAS and oneDNN block
+    output channels by 8 or 16) and made this layer the slowest of the network; 27 channels fill
+    them. Same multiply-adds, same result (measured 4× faster in ONNX Runtime)."""
+
+    __constants__ = ("pad", "rows", "cout")
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        pad, conv = layer
+        k = conv.weight.detach()  # (Cout, Cin, kh, kw)
+        self.cout, cin, self.rows, kw = k.shape
+        self.pad = int(pad.padding[0])
+        # channel o * rows + dy holds kernel row dy of output channel o
+        self.register_buffer("weight", k.permute(0, 2, 1, 3).reshape(-1, cin, 1, kw).contiguous())
+        bias = torch.zeros(self.cout, self.rows, dtype=k.dtype)
+        bias[:, 0] = conv.bias.detach()
+        self.register_buffer("bias", bias.flatten())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.shape[-2]
+        p = self.pad
+        t = F.conv2d(F.pad(x, (p, p, p, p), mode="reflect"), self.weight, self.bias)
+        t = t.reshape(t.shape[0], self.cout, self.rows, t.shape[-2], t.shape[-1])
+        out = t[:, :, 0, 0:h]
+        for dy in range(1, self.rows):
+            out = out + t[:, :, dy, dy : dy + h]
+        return out
+
+
+class DeployNet(nn.Module):
+    """``TransformerNet`` re-parameterised for inference and export: equal outputs (to float
+    rounding), (B, 3, H ≥ 8, W ≥ 8) in [0, 1] → same shape.
+
+    * the pad to a multiple of 4 is branch-free (``(-h) % 4``), so tracing and scripting keep H
+      and W symbolic (dynamic axes in ONNX, any size in TorchScript);
+    * the decoder's upsample + conv stages run at low resolution (``SubPixelConvLayer``), with
+      no upsampled tensor, no ``Resize``/``Upsample`` op and 12% fewer FLOPs in total;
+    * the output conv runs as ``RowSplitConv``.
+
+    Encoder, residual blocks and instance norms are *shared* with ``net`` (not copied), so
+    code that patches the instance norms (tiled inference) sees them in the same order. The
+    derived weights are a snapshot: rebuild after changing ``net``'s weights.
+    """
+
+    __constants__ = ("multiple",)  # TorchScript: a constant, not a Python global
+
+    def __init__(self, net: TransformerNet):
+        super().__init__()
+        self.encoder, self.residuals = net.encoder, net.residuals
+        up1, up2, out = net.decoder
+        self.up1, self.up2 = SubPixelConvLayer(up1), SubPixelConvLayer(up2)
+        self.out = RowSplitConv(out)
+        self.multiple = SIZE_MULTIPLE
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2], x.shape[-1]
+        # imaging.pad_to_multiple's padding for H, W ≥ 8 (reflect, bottom/right), branch-free.
+        x = F.pad(x, (0, (-w) % self.multiple, 0, (-h) % self.multiple), mode="reflect")
+        y = self.out(self.up2(self.up1(self.residuals(self.encoder(x)))))
+        y = 0.5 * (torch.tanh(y) + 1.0)  # TransformerNet's scaled tanh
+        return y[:, :, :h, :w]
+
+
+class _AffineHolder:
+    """Carries the ``norm_affine`` graph input to the ``_FrozenNorm`` layers during a forward."""
+
+    affine: torch.Tensor | None = None
+
+
+class _FrozenNorm(nn.Module):
+    """An instance norm replaced by the per-channel affine map ``x * scale + shift`` whose
+    parameters are columns ``offset … offset + C`` of the ``norm_affine`` input."""
+
+    def __init__(self, holder: _AffineHolder, offset: int, channels: int):
+        super().__init__()
+        self.holder, self.offset, self.channels = holder, offset, channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.holder.affine[:, self.offset : self.offset + self.channels]
+        return x * p[0].reshape(1, -1, 1, 1) + p[1].reshape(1, -1, 1, 1)
+
+
+class FrozenNormNet(nn.Module):
+    """``DeployNet`` with every instance norm frozen to given statistics, for tiled inference
+    in ONNX Runtime: ``forward(image (B, 3, H, W), norm_affine (2, ΣC))``. Row 0 of
+    ``norm_affine`` holds the scales, row 1 the shifts, instance-norm layers in module order
+    (``fast_style.infer.stylizer.pack_norm_affine`` builds it from recorded statistics)."""
+
+    def __init__(self, net: TransformerNet):
+        super().__init__()
+        self.deploy = DeployNet(copy.deepcopy(net).float().cpu().eval()).eval()
+        self.holder = _AffineHolder()
+        offset = 0
+        for name, m in list(self.deploy.named_modules()):
+            if isinstance(m, nn.InstanceNorm2d):
+                parent_name, _, child = name.rpartition(".")
+                parent = self.deploy.get_submodule(parent_name)
+                setattr(parent, child, _FrozenNorm(self.holder, offset, m.num_features))
+                offset += m.num_features
+        self.total_channels = offset
+
+    def forward(self, x: torch.Tensor, norm_affine: torch.Tensor) -> torch.Tensor:
+        self.holder.affine = norm_affine
+        try:
+            return self.deploy(x)
+        finally:
+            self.holder.affine = None

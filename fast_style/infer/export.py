@@ -1,0 +1,207 @@
+"""Export a trained transform network to ONNX or TorchScript, with dynamic batch, H and W.
+
+``python -m fast_style.infer.export --model MODEL --format onnx|torchscript --output FILE``
+
+The exported graph is ``DeployNet``: ``TransformerNet`` re-parameterised for speed, with the
+same outputs. Its pad to a multiple of 4 is branch-free (``(-h) % 4``), so pad amounts and the
+final crop are computed from the input's shape inside the graph instead of being frozen at trace
+time. Its ops are Pad, Conv, InstanceNormalization, Relu, Add, Mul, Tanh, Slice, Concat,
+Reshape and shape arithmetic (Shape, Gather, Unsqueeze, …; ``CONVERTER_SAFE_OPS``): no
+``Resize``/``Upsample`` with a ``scale_factor`` for converters (TensorRT, CoreML, TFLite,
+OpenVINO) to trip on.
+
+Exported models take RGB float32 ``(B, 3, H, W)`` in [0, 1] with H, W ≥ 8 and return the same
+shape in [0, 1] (input name ``image``, output name ``stylized``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import inspect
+import io
+import json
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fast_style.core.fileio import atomic_write
+from fast_style.core.network import TransformerNet
+from fast_style.infer.deploy import NORM_INPUT_NAME, DeployNet, FrozenNormNet
+
+FORMATS = ("onnx", "torchscript")
+# Every op the exported graph may contain (checked by the tests): plain tensor ops and shape
+# arithmetic that ONNX converters handle.
+_SAFE_OPS = """Pad Conv InstanceNormalization Relu Add Sub Mul Neg Mod Tanh Slice Concat Reshape
+    Transpose Unsqueeze Shape Gather Constant ConstantOfShape Cast Identity"""
+CONVERTER_SAFE_OPS = frozenset(_SAFE_OPS.split())
+ONNX_OPSET = 17
+INPUT_NAME, OUTPUT_NAME = "image", "stylized"
+
+
+def _legacy_onnx_kwargs() -> dict:
+    """Prefer the TorchScript-based exporter where it exists (fast, opset 17, plain ops);
+    torch ≥ 2.9 defaults to the dynamo exporter, older versions have no ``dynamo`` argument."""
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        return {"dynamo": False}
+    return {}
+
+
+def to_onnx_bytes(
+    net: TransformerNet, opset: int = ONNX_OPSET, frozen_norms: bool = False
+) -> bytes:
+    """Serialise ``net`` as an ONNX model (dynamic batch, height, width).
+
+    ``frozen_norms``: export ``FrozenNormNet`` instead (second input ``norm_affine``)."""
+    axes = {0: "batch", 2: "height", 3: "width"}
+    example: tuple[torch.Tensor, ...] = (torch.rand(1, 3, 64, 64),)
+    names = [INPUT_NAME]
+    if frozen_norms:
+        module: nn.Module = FrozenNormNet(net)
+        example += (torch.rand(2, module.total_channels),)
+        names.append(NORM_INPUT_NAME)
+    else:
+        module = DeployNet(copy.deepcopy(net).float().cpu().eval())
+    module = module.eval()
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer and deprecation chatter
+        try:
+            torch.onnx.export(
+                module,
+                example,
+                buf,
+                input_names=names,
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
+                opset_version=opset,
+                **_legacy_onnx_kwargs(),
+            )
+            return buf.getvalue()
+        except (ImportError, RuntimeError, TypeError):
+            if not _legacy_onnx_kwargs():
+                raise
+        # The legacy exporter has been removed from this torch: use torch.export (dynamo).
+        shapes: dict = {"x": {0: "batch", 2: "height", 3: "width"}}
+        if frozen_norms:
+            shapes["norm_affine"] = None
+        prog = torch.onnx.export(
+            module,
+            example,
+            input_names=names,
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=shapes,
+            opset_version=18,
+            dynamo=True,
+            verbose=False,
+        )
+        return prog.model_proto.SerializeToString()
+
+
+def export_onnx(net: TransformerNet, path: str | os.PathLike, meta: dict | None = None) -> Path:
+    """Write ``net`` as ONNX to ``path``; ``meta`` goes into the model's metadata_props."""
+    import onnx
+
+    model = onnx.load_from_string(to_onnx_bytes(net))
+    if meta:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = "fast_style", json.dumps(meta)
+    path = Path(path)
+    with atomic_write(path) as tmp:  # a killed export never leaves a half-written file
+        onnx.save(model, str(tmp))
+    return path
+
+
+def to_torchscript(net: TransformerNet) -> torch.jit.ScriptModule:
+    """Script (not trace) ``DeployNet`` so that any H, W works."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit deprecation notice
+        return torch.jit.script(DeployNet(copy.deepcopy(net).float().cpu().eval()).eval())
+
+
+def export_torchscript(
+    net: TransformerNet, path: str | os.PathLike, meta: dict | None = None
+) -> Path:
+    """Write a TorchScript archive; ``meta`` is stored as the extra file ``fast_style.json``."""
+    path = Path(path)
+    extra = {"fast_style.json": json.dumps(meta or {})}
+    with warnings.catch_warnings(), atomic_write(path) as tmp:
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(to_torchscript(net), str(tmp), _extra_files=extra)
+    return path
+
+
+def export(
+    net: TransformerNet, fmt: str, path: str | os.PathLike, meta: dict | None = None
+) -> Path:
+    """Export in ``fmt`` (``onnx`` or ``torchscript``)."""
+    if fmt == "onnx":
+        return export_onnx(net, path, meta)
+    if fmt == "torchscript":
+        return export_torchscript(net, path, meta)
+    raise ValueError(f"unknown export format {fmt!r} (choose from {', '.join(FORMATS)})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fast-style export",
+        description="Export a fast_style model to ONNX or TorchScript (dynamic batch, H, W).",
+    )
+    p.add_argument(
+        "--model", required=True, help=".ckpt, .safetensors or a style name in checkpoints/"
+    )
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=None,
+        help="default: from the output's extension (.onnx → onnx, .pt/.ts → torchscript)",
+    )
+    p.add_argument("--output", required=True, help="file to write")
+    p.add_argument("--models-dir", action="append", default=[], help="extra folder for style names")
+    return p
+
+
+def _format_for(path: Path, fmt: str | None) -> str:
+    if fmt:
+        return fmt
+    if path.suffix.lower() == ".onnx":
+        return "onnx"
+    if path.suffix.lower() in (".pt", ".ts", ".torchscript", ".jit"):
+        return "torchscript"
+    raise ValueError(f"{path}: cannot tell the format from the extension; pass --format")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns 0, or exits with status 2 and one line on bad input."""
+    from fast_style.core.model_io import ModelFileError, load_model, resolve_model
+    from fast_style.core.resources import model_dirs
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out = Path(args.output)
+    try:
+        fmt = _format_for(out, args.format)
+        path = resolve_model(args.model, model_dirs(args.models_dir))
+        if out.resolve() == path.resolve():
+            raise ValueError(f"{out}: refusing to overwrite the model file")
+        net, meta = load_model(path, "cpu")
+    except (ModelFileError, ValueError) as e:
+        parser.exit(2, f"error: {e}\n")
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        if fmt == "onnx":
+            parser.exit(2, "error: ONNX export needs: pip install 'fast_style[export]'\n")
+    written = export(net, fmt, out, meta)
+    mb = written.stat().st_size / 1e6
+    print(f"wrote {written} ({fmt}, style {meta.get('style')!r}, {mb:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""``python -m fast_style.serve [--host 127.0.0.1] [--port 8000] [--models checkpoints/]``
+
+A web page and a JSON API for stylising photos, for people who never open a terminal.
+
+* ``GET /`` the page (``fast_style/web``: plain HTML/JS/CSS, everything served locally);
+* ``GET /api/styles`` every model in the folder: name, thumbnail URL, metadata, and the limits;
+* ``GET /api/styles/{name}/thumbnail`` a JPEG thumbnail of the painting;
+* ``POST /api/stylize`` multipart ``image``, ``style``, ``strength``, ``preserve_color``,
+  optional ``mask`` (greyscale PNG, white = style), ``max_size`` and ``format``; returns the image;
+* ``GET /healthz``; ``GET /docs`` the API page (``web/docs.html``, rendered from
+  ``/openapi.json`` by local script; FastAPI's CDN-loaded Swagger UI and ReDoc are off).
+
+Stylisation is ``fast_style.infer.stylizer.Stylizer.stylize_image``, exactly as in ``stylize.py``;
+uploads are decoded by ``fast_style.core.imaging.open_image_bytes`` (pixel limit before decoding,
+EXIF orientation). Errors are JSON ``{"error": "...", "detail": ...}``.
+
+Load is bounded at every stage (see ``Limits``; each is a command-line option):
+
+* admission, before the body is read: at most ``queue`` stylise requests at once (more get 503)
+  and at most ``per_client`` (default ``queue // 4``) from one client address (more get 429),
+  so that one client cannot take every slot; both with ``Retry-After``;
+* the body: it must arrive within ``body_timeout`` seconds (default 30) with no gap longer than
+  ``body_idle_timeout`` (default 10), else 408 and the connection is closed: a stalled upload
+  holds its slot for seconds, not for ever;
+* memory: at most ``max_images`` requests hold an upload's bytes or an image (the rest wait with
+  their upload spooled by the multipart parser), and together they hold at most
+  ``max_inflight_pixels`` decoded pixels (default ``2 × max_pixels``), reserved from the image
+  headers before decoding, first come first served, until the result is back; a request
+  needing more than the whole budget gets 413. Pillow holds RGB and RGBA in 4 bytes a pixel;
+  decoding a JPEG peaks at 8, the alpha split of an RGBA image at 13, so decoded images take
+  at most ``13 × max_inflight_pixels`` bytes (1.0 GB by default). The network's working set is
+  bounded by ``workers`` and ``max_side`` instead: about 600 bytes a pixel (full-width model,
+  CPU 'fused' backend), so 2.5 GB for a 2048² image; ``README.md`` has the whole bound;
+* compute: the network runs in a pool of ``workers`` threads, and images above
+  ``large_pixels`` may use at most ``workers - 1`` of them (at least one), so with two or more
+  workers a large image never blocks small ones."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fast_style.core.device import resolve_device
+from fast_style.core.resources import shipped_models_dir
+from fast_style.serve.errors import ApiError, error_response
+from fast_style.serve.jobs import (
+    Job,
+    decode_upload,
+    download_name,
+    encode,
+    header_pixels,
+    mask_to_l,
+    read_limited,
+    run_job,
+)
+from fast_style.serve.limits import AdmissionMiddleware, Limiter, Limits, in_thread
+from fast_style.serve.registry import ModelRegistry
+
+WEB_DIR = Path(__file__).resolve().parent / "web"
+MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+PAGE_HEADERS = {
+    # Everything is local: no CDN, no inline script; blob:/data: for previews and results.
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def _validation_response(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    details = [
+        {
+            "field": ".".join(str(p) for p in err.get("loc", ())[1:]) or "request",
+            "message": err.get("msg", "invalid"),
+        }
+        for err in exc.errors()
+    ]
+    summary = "; ".join(f"{d['field']}: {d['message']}" for d in details)
+    return error_response(422, f"invalid parameters: {summary}", details)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.detail)
+
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), None, **(exc.headers or {}))
+
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation_response(request, exc)
+
+    async def internal_error(_request: Request, exc: Exception) -> JSONResponse:
+        # Starlette still re-raises the exception afterwards, so the server logs its traceback.
+        return error_response(500, "internal server error", type(exc).__name__)
+
+    app.add_exception_handler(ApiError, api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, internal_error)
+
+
+def create_app(
+    models_dir: str | Path | None = None,
+    limits: Limits | None = None,
+    device: str = "auto",
+    backend: str = "auto",
+    half: bool | str = False,
+) -> FastAPI:
+    """The FastAPI application serving the models in ``models_dir`` (default: the shipped
+    models; see the module docstring)."""
+    limits = limits or Limits()
+    registry = ModelRegistry(Path(models_dir or shipped_models_dir()), device, backend, half)
+    limiter = Limiter(limits)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        limiter.pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="fast_style",
+        version=_version(),
+        lifespan=lifespan,
+        description="Fast neural style transfer: stylise a photo with a trained model.",
+        # FastAPI's /docs and /redoc load their scripts from a CDN: /docs is our own page.
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.registry, app.state.limiter, app.state.limits = registry, limiter, limits
+    app.state.run_job = run_job  # tests may wrap it
+    _install_error_handlers(app)
+    app.add_middleware(AdmissionMiddleware, limiter=limiter)
+    _add_page_routes(app)
+    _add_api_routes(app, registry, limiter, limits, device)
+    return app
+
+
+def _version() -> str:
+    from fast_style import __version__
+
+    return __version__
+
+
+def _add_page_routes(app: FastAPI) -> None:
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(WEB_DIR / "index.html", headers=PAGE_HEADERS)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> FileResponse:
+        return FileResponse(WEB_DIR / "docs.html", headers=PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+
+
+def _add_api_routes(
+    app: FastAPI, registry: ModelRegistry, limiter: Limiter, limits: Limits, device: str
+) -> None:
+    device_type = resolve_device(device).type
+
+    @app.get("/healthz", summary="Liveness and load")
+    async def healthz() -> dict[str, Any]:
+        entries = await asyncio.to_thread(registry.entries)
+        return {
+            "status": "ok",
+            "device": device_type,
+            "styles": len(entries),
+            "loaded": registry.loaded(),
+            "in_flight": limiter.in_flight,
+            "queue": limits.queue,
+        }
+
+    @app.get("/api/styles", summary="Every style: name, thumbnail URL and metadata")
+    async def styles() -> dict[str, Any]:
+        items = await asyncio.to_thread(registry.listing)
+        return {"styles": items, "limits": limits.public(), "device": device_type}
+
+    @app.get(
+        "/api/styles/{name}/thumbnail",
+        summary="A JPEG thumbnail of the painting",
+        response_class=Response,
+        responses={200: {"content": {"image/jpeg": {}}}},
+    )
+    async def thumbnail(name: str) -> Response:
+        entry = await asyncio.to_thread(registry.get, name)
+        data = await asyncio.to_thread(registry.thumbnail, entry)
+        if data is None:
+            raise ApiError(404, f"no painting found for style {name!r}")
+        return Response(
+            data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=3600"}
+        )
+
+    app.post(
+        "/api/stylize",
+        summary="Stylise an image",
+        response_class=Response,
+        responses={
+            200: {"content": {m: {} for m in MIME.values()}},
+            **{c: {"description": d} for c, d in _ERRORS.items()},
+        },
+    )(_stylize_endpoint(app, registry, limiter, limits))
+
+
+_ERRORS = {
+    400: "corrupt image",
+    404: "unknown style",
+    408: "request body too slow (closes the connection)",
+    413: "upload too large, or too many pixels (in one image, or image + mask over the budget)",
+    415: "not an image",
+    422: "bad parameters",
+    429: "this client already has its share of requests in progress (retry later)",
+    503: "server busy (retry later)",
+}
+
+
+def _stylize_endpoint(
+    app: FastAPI, registry: ModelRegistry, limiter: Limiter, limits: Limits
+) -> Callable[..., Awaitable[Response]]:
+    async def stylize(
+        image: Annotated[UploadFile, File(description="the photo (JPEG, PNG, WebP, …)")],
+        style: Annotated[str, Form(description="a style name from /api/styles")],
+        strength: Annotated[float, Form(ge=0.0, le=1.0, description="0 photo, 1 full style")] = 1.0,
+        preserve_color: Annotated[bool, Form(description="keep the photo's colours")] = False,
+        mask: Annotated[UploadFile | None, File(description="greyscale PNG, white = style")] = None,
+        max_size: Annotated[
+            int | None, Form(ge=8, le=65536, description="downscale the long side to this")
+        ] = None,
+        format: Annotated[
+            Literal["png", "jpeg", "webp"], Form(description="result format")
+        ] = "png",
+    ) -> Response:
+        t0 = time.perf_counter()
+        entry = await asyncio.to_thread(registry.get, style)
+        side = min(max_size or limits.max_side, limits.max_side)
+        async with limiter.image_slot():
+            data = await read_limited(image, limits.max_upload_bytes, "image")
+            mask_data = (
+                await read_limited(mask, limits.max_upload_bytes, "mask")
+                if mask is not None
+                else None
+            )
+            # Pixels are reserved from the headers before anything is decoded, and held until
+            # the result is back (the job holds the full-size image until then).
+            need = await in_thread(_header_pixels, data, mask_data, limits)
+            async with limiter.pixels(need):
+                job = await in_thread(
+                    _decode_job, data, mask_data, limits, strength, preserve_color, side
+                )
+                del data, mask_data
+                async with limiter.lane(job.pixels):
+                    out = await limiter.run(app.state.run_job, registry, entry, job)
+                del job
+            body = await asyncio.to_thread(encode, out, format)
+        filename = download_name(image.filename, style, format)
+        headers = {
+            "Content-Disposition": f'inline; filename="{filename}"',
+            "X-Image-Size": f"{out.width}x{out.height}",
+            "X-Elapsed-Ms": str(round((time.perf_counter() - t0) * 1000)),
+        }
+        return Response(body, media_type=MIME[format], headers=headers)
+
+    return stylize
+
+
+def _header_pixels(data: bytes, mask_data: bytes | None, limits: Limits) -> int:
+    return header_pixels(data, limits) + header_pixels(mask_data, limits)
+
+
+def _decode_job(
+    data: bytes,
+    mask_data: bytes | None,
+    limits: Limits,
+    strength: float,
+    preserve_color: bool,
+    side: int,
+) -> Job:
+    img = decode_upload(data, limits, "image")
+    mask = mask_to_l(decode_upload(mask_data, limits, "mask"), img.size) if mask_data else None
+    return Job(img, mask, strength, preserve_color, side)

@@ -1,0 +1,219 @@
+"""Typed schemas for the Hydra config groups, and validation with one-line errors.
+
+Hydra's struct mode already rejects unknown keys given on the command line. These schemas also
+catch typos inside YAML files (a style file's ``contnt_weight``) and wrong types, before any
+work starts, with a message that names the key and suggests the closest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from fast_style.core.resources import config_dir
+from fast_style.loss.config import LossConfig, StyleConfig
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, reported as one line naming the key."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "johnson"
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    num_residual: int = 5
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/coco/train2014"
+    val_root: str | None = None  # None: hold out ``num_val`` images of ``root``
+    image_size: int = 256
+    batch_size: int = 4
+    num_workers: int = 4
+    pin_memory: bool = True
+    num_val: int = 16
+    val_size: int = 256
+    # Decode the whole training set once into GPU memory (uint8, ``cache_size`` px squares) and
+    # crop/flip there: no loader workers, no host-to-device copies. Small datasets only.
+    gpu_cache: bool = False
+    cache_size: int | None = None  # stored square side; None: image_size (flips only)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    scheduler: str = "constant"  # constant | cosine
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1  # cosine floor, as a fraction of lr
+
+
+@dataclass
+class RunConfig:
+    """Training-loop extras that are not ``pl.Trainer`` arguments."""
+
+    image_every_n_steps: int = 500
+    checkpoint_every_n_steps: int = 1000
+    num_grid_images: int = 4
+    export_dtype: str = "float32"  # float32 | float16 | bfloat16
+    compile: bool = False  # torch.compile the transform net(s) and the loss network
+    channels_last: bool = False  # NHWC tensors for the nets (faster convolutions on GPUs)
+    progress_every: int = 1  # progress-bar refresh in steps; each refresh syncs with the GPU
+    time_budget_min: float | None = None  # lower max_steps to fit this many minutes of training
+    # Fine-tune: start each style's network from <init_dir>/<style name>.safetensors (or .ckpt)
+    # instead of random weights (a fresh optimizer and schedule; resuming is ckpt_path's job).
+    init_dir: str | None = None
+
+
+@dataclass
+class TrainSettings:
+    style: StyleConfig
+    model: ModelConfig
+    data: DataConfig
+    loss: LossConfig
+    optim: OptimConfig
+    train: RunConfig
+    trainer: dict[str, Any]
+    seed: int | None
+    ckpt_path: str | None
+    # Every style trained in this run: ``[style]`` unless the config's ``styles`` list names
+    # several (they share each batch's loss-network pass over the content images).
+    styles: list[StyleConfig] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.styles:
+            self.styles = [self.style]
+
+    def for_style(self, index: int) -> TrainSettings:
+        """These settings as if only style ``index`` had been trained (an exported model's)."""
+        s = self.styles[index]
+        return replace(self, style=s, styles=[s])
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-serialisable form (stored in checkpoints and exported models)."""
+        return OmegaConf.to_container(OmegaConf.structured(self), resolve=True)  # type: ignore[return-value]
+
+
+_SECTIONS = {
+    "style": StyleConfig,
+    "model": ModelConfig,
+    "data": DataConfig,
+    "loss": LossConfig,
+    "optim": OptimConfig,
+    "train": RunConfig,
+}
+_TOP_LEVEL = {*_SECTIONS, "trainer", "seed", "ckpt_path", "styles"}
+
+
+def _suggest(key: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(key, options, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (valid: {', '.join(sorted(options))})"
+
+
+def _section(schema: type, cfg: Any, prefix: str):
+    if not isinstance(cfg, DictConfig | dict):
+        raise ConfigError(f"config error: {prefix} must be a mapping, got {cfg!r}")
+    names = [f.name for f in fields(schema)]
+    for key in cfg:
+        if key not in names:
+            raise ConfigError(
+                f"config error: unknown key '{prefix}.{key}'{_suggest(str(key), names)}"
+            )
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"config error: {prefix}.{key}: {msg}") from None
+
+
+def trainer_kwargs_names() -> list[str]:
+    import pytorch_lightning as pl
+
+    return [p for p in inspect.signature(pl.Trainer.__init__).parameters if p != "self"]
+
+
+def validate(cfg: DictConfig) -> TrainSettings:
+    """Check every key and type of a composed training config; return typed settings."""
+    for key in cfg:
+        if key not in _TOP_LEVEL:
+            raise ConfigError(
+                f"config error: unknown key '{key}'{_suggest(str(key), sorted(_TOP_LEVEL))}"
+            )
+    parts = {name: _section(schema, cfg.get(name, {}), name) for name, schema in _SECTIONS.items()}
+    trainer = OmegaConf.to_container(cfg.get("trainer", {}), resolve=True)
+    allowed = trainer_kwargs_names()
+    for key in trainer:
+        if key not in allowed:
+            raise ConfigError(
+                f"config error: unknown key 'trainer.{key}' (not a pl.Trainer argument)"
+                f"{_suggest(key, allowed)}"
+            )
+    styles = [load_style(entry, i) for i, entry in enumerate(cfg.get("styles") or [])]
+    if styles:
+        parts["style"] = styles[0]
+    settings = TrainSettings(
+        **parts,
+        trainer=trainer,
+        seed=cfg.get("seed"),
+        ckpt_path=cfg.get("ckpt_path"),
+        styles=styles,
+    )
+    _check_values(settings)
+    return settings
+
+
+def load_style(entry: Any, index: int = 0) -> StyleConfig:
+    """One ``styles`` entry: a name from ``conf/style/``, a YAML file, or an inline mapping."""
+    prefix = f"styles[{index}]"
+    if isinstance(entry, DictConfig | dict):
+        return _section(StyleConfig, entry, prefix)
+    path = Path(str(entry)).expanduser()
+    if path.suffix not in (".yaml", ".yml"):
+        path = config_dir() / "style" / f"{entry}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (config_dir() / "style").glob("*.yaml"))
+        raise ConfigError(
+            f"config error: {prefix}: no style config {str(entry)!r}{_suggest(str(entry), known)}"
+        )
+    cfg = OmegaConf.load(path)
+    cfg.pop("defaults", None)
+    return _section(StyleConfig, cfg, prefix)
+
+
+def _check_values(s: TrainSettings) -> None:
+    from fast_style.loss.vgg import layer_names
+
+    taps = layer_names(s.loss.network)
+    for style in s.styles:
+        for group in ("content_layers", "style_layers"):
+            for tap in getattr(style, group):
+                if tap not in taps:
+                    raise ConfigError(
+                        f"config error: style.{group}.{tap}: not a {s.loss.network} layer"
+                        f"{_suggest(tap, taps)}"
+                    )
+    names = [st.name for st in s.styles]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"config error: styles: names must be unique, got {names}")
+    if len(s.model.channels) != 3:
+        raise ConfigError(f"config error: model.channels needs 3 widths, got {s.model.channels}")
+    if s.optim.scheduler not in ("constant", "cosine"):
+        raise ConfigError(
+            f"config error: optim.scheduler must be constant or cosine, not {s.optim.scheduler!r}"
+        )
+    if s.train.export_dtype not in ("float32", "float16", "bfloat16"):
+        raise ConfigError("config error: train.export_dtype must be float32, float16 or bfloat16")
+    for key in ("image_size", "batch_size", "val_size"):
+        if getattr(s.data, key) < 1:
+            raise ConfigError(f"config error: data.{key} must be positive")

@@ -1,0 +1,279 @@
+"""The Lightning system: trains a ``TransformerNet`` against the perceptual loss.
+
+The model (``TransformerNet``, an ``nn.Module``) stays apart from this system. The frozen loss
+network is deliberately *not* a registered submodule: it never enters checkpoints (they hold
+only the transform net, optimizer and schedule) and DDP never wraps it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from fast_style.core.imaging import cover_crop, image_grid
+from fast_style.core.model_io import ModelFileError, describe, load_model
+from fast_style.core.network import TransformerNet
+from fast_style.core.resources import resolve_data_path
+from fast_style.loss import PerceptualLoss
+from fast_style.loss.criterion import style_criterion, style_loss_weights
+from fast_style.loss.vgg import VGGFeatures
+from fast_style.train.config import TrainSettings
+
+
+def build_criterion(settings: TrainSettings) -> tuple[PerceptualLoss, torch.Tensor]:
+    """The training criterion: ``style_criterion`` of the run's style and loss configs."""
+    return style_criterion(settings.style, settings.loss)
+
+
+def build_criteria(settings: TrainSettings) -> tuple[list[PerceptualLoss], list[torch.Tensor]]:
+    """One criterion per style of the run, all over one shared loss network (built once, with
+    the union of the taps), and the style images (1, 3, H, W) in [0, 1]."""
+    taps = set().union(*(style_loss_weights(s).taps for s in settings.styles))
+    network = VGGFeatures(taps, arch=settings.loss.network, weights=settings.loss.weights)
+    pairs = [style_criterion(s, settings.loss, network) for s in settings.styles]
+    return [c for c, _ in pairs], [image for _, image in pairs]
+
+
+def lr_lambda(step: int, warmup: int, total: int, kind: str, floor: float) -> float:
+    """Base-lr multiplier at ``step``: linear warmup, then constant or cosine down to ``floor``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant" or total <= warmup:
+        return 1.0
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def lineage(meta: dict[str, Any]) -> dict[str, Any]:
+    """What a fine-tuned model keeps of the model it started from: its steps, settings and,
+    recursively, its own origin."""
+    keep = ("style", "global_step", "created", "training", "fine_tuned_from")
+    return {k: meta[k] for k in keep if k in meta}
+
+
+class StyleTransferSystem(pl.LightningModule):
+    """Lightning wrapper: losses, logging, image grids, optimizer/schedule, checkpoint metadata.
+
+    Trains one ``TransformerNet`` per style of the run (``settings.styles``): ``net`` for the
+    first, ``extra_nets`` for the others. All styles share each batch's content features and
+    one loss-network pass over their outputs, concatenated into one batch. Their parameters are
+    disjoint, so one Adam over all of them is exactly one Adam per network.
+    """
+
+    def __init__(self, settings: TrainSettings, grid_images: torch.Tensor | None = None):
+        super().__init__()
+        self.settings = settings
+        self.save_hyperparameters({"config": settings.to_dict()})
+        m = settings.model
+        self.net = TransformerNet(m.channels, m.num_residual)
+        self.extra_nets = nn.ModuleList(
+            TransformerNet(m.channels, m.num_residual) for _ in settings.styles[1:]
+        )
+        self._init_meta: dict[str, dict[str, Any]] = {}
+        if settings.train.init_dir:
+            self._init_from(resolve_data_path(settings.train.init_dir))
+        # Kept in __dict__, not registered as submodules (see the module docstring).
+        self.__dict__["_criteria"] = None
+        self.__dict__["_styles"] = None
+        self.grid_images = grid_images
+
+    def _init_from(self, folder: Path) -> None:
+        """Copy each style's weights from ``folder/<style>.safetensors`` (or ``.ckpt``)."""
+        for style, net in zip(self.settings.styles, self.nets, strict=True):
+            path = folder / f"{style.name}.safetensors"
+            if not path.is_file():
+                path = path.with_suffix(".ckpt")
+            source, meta = load_model(path)  # ModelFileError names the file if it is wrong
+            if source.config != net.config:
+                raise ModelFileError(
+                    f"{path}: its network ({source.config}) is not model="
+                    f"{self.settings.model.name} ({net.config})"
+                )
+            net.load_state_dict(source.state_dict())
+            self._init_meta[style.name] = {"file": path.name, **lineage(meta)}
+
+    @property
+    def nets(self) -> list[TransformerNet]:
+        """The transform networks, in the order of ``settings.styles``."""
+        return [self.net, *self.extra_nets]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    @property
+    def criteria(self) -> list[PerceptualLoss]:
+        """The frozen loss network with each style's targets, built on first use, here."""
+        if self._criteria is None:
+            self.__dict__["_criteria"], self.__dict__["_styles"] = build_criteria(self.settings)
+        network = self._criteria[0].network
+        if network.layers[0].weight.device != self.device:
+            for crit in self._criteria:  # the shared network moves once; buffers per style
+                crit.to(self.device)
+        return self._criteria
+
+    @property
+    def criterion(self) -> PerceptualLoss:
+        """The first style's criterion."""
+        return self.criteria[0]
+
+    @property
+    def _criterion(self) -> PerceptualLoss | None:
+        return None if self._criteria is None else self._criteria[0]
+
+    def on_fit_start(self) -> None:
+        network = self.criterion.network  # build before the first step, not inside it
+        t = self.settings.train
+        if t.channels_last:
+            for net in self.nets:
+                net.to(memory_format=torch.channels_last)
+            network.to(memory_format=torch.channels_last)
+        if t.compile:
+            # In place (nn.Module.compile): state_dict keys stay those of the plain modules.
+            # dynamic=False: validation's other batch shapes get their own static graphs
+            # instead of turning the training graph into a slower dynamic-shape one.
+            for net in self.nets:
+                net.compile(dynamic=False)
+            network.compile(dynamic=False)
+
+    def _prepare(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.settings.train.channels_last:
+            return batch.contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def compute_terms(self, batch: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """Loss terms of every style on a content batch (B, 3, H, W) in [0, 1]."""
+        crits = self.criteria
+        batch = self._prepare(batch)
+        content_taps = tuple(sorted(set().union(*(c.weights.content_layers for c in crits))))
+        with torch.no_grad():
+            content_feats = crits[0].network(batch, taps=content_taps)
+        outputs = [net(batch) for net in self.nets]
+        if len(outputs) == 1:
+            feats = crits[0].network(outputs[0])
+            return [crits[0].terms(feats, content_feats, outputs[0])]
+        # One loss-network pass for all styles: a K times larger batch keeps the GPU busier.
+        feats_all = crits[0].network(torch.cat(outputs))
+        chunks = {tap: f.chunk(len(outputs)) for tap, f in feats_all.items()}
+        return [
+            crit.terms({tap: c[k] for tap, c in chunks.items()}, content_feats, out)
+            for k, (crit, out) in enumerate(zip(crits, outputs, strict=True))
+        ]
+
+    def _log_terms(
+        self, prefix: str, terms: dict[str, torch.Tensor], on_step: bool, bar: bool = True
+    ) -> None:
+        main = {f"{prefix}/{k}": terms[k] for k in ("content", "style", "tv", "total")}
+        self.log_dict(
+            main,
+            on_step=on_step,
+            on_epoch=not on_step,
+            prog_bar=on_step and bar,
+            sync_dist=not on_step,
+        )
+        layers = {f"{prefix}_layers/{k}": v for k, v in terms.items() if "/" in k}
+        self.log_dict(layers, on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
+
+    def _log_all(self, stage: str, all_terms: list[dict[str, torch.Tensor]], on_step: bool) -> None:
+        if len(all_terms) == 1:
+            self._log_terms(stage, all_terms[0], on_step)
+            return
+        for style, terms in zip(self.settings.styles, all_terms, strict=True):
+            self._log_terms(f"{stage}/{style.name}", terms, on_step=on_step, bar=False)
+        total = torch.stack([t["total"] for t in all_terms]).mean()
+        self.log(f"{stage}/total", total, on_step=on_step, on_epoch=not on_step, prog_bar=on_step)
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        all_terms = self.compute_terms(batch)
+        self._log_all("train", all_terms, on_step=True)
+        # A sum: each network's gradient is that of its own style's loss alone.
+        return torch.stack([t["total"] for t in all_terms]).sum()
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self._log_all("val", self.compute_terms(batch), on_step=False)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        every = self.settings.train.image_every_n_steps
+        if every > 0 and (self.global_step % every == 0 or self.global_step == 1):
+            self.log_image_grid()
+
+    def on_train_end(self) -> None:
+        self.log_image_grid()
+
+    @torch.no_grad()
+    def log_image_grid(self) -> None:
+        """TensorBoard image: style | contents (top row), then style | stylised for each style."""
+        if (
+            self.grid_images is None
+            or len(self.grid_images) == 0
+            or not self.trainer.is_global_zero
+        ):
+            return
+        writer = getattr(self.logger, "experiment", None)
+        if writer is None or not hasattr(writer, "add_image"):
+            return
+        contents = self.grid_images.to(self.device)
+        self.criteria  # noqa: B018 - ensures the style images are loaded
+        rows = [[self._style_thumbnail(0, contents.shape[-2:]), *contents]]
+        for k, net in enumerate(self.nets):
+            was_training = net.training
+            net.eval()
+            outs = net(self._prepare(contents)).float()
+            net.train(was_training)
+            rows.append([self._style_thumbnail(k, contents.shape[-2:]), *outs])
+        writer.add_image("val/stylized", image_grid(rows), self.global_step)
+
+    def _style_thumbnail(self, index: int, size: torch.Size) -> torch.Tensor:
+        return cover_crop(self._styles[index], tuple(size))[0].clamp(0, 1).to(self.device)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        o = self.settings.optim
+        fused = self.device.type == "cuda"  # fused Adam: one kernel for all parameters
+        opt = torch.optim.Adam(
+            self.parameters(),
+            lr=o.lr,
+            betas=tuple(o.betas),
+            weight_decay=o.weight_decay,
+            fused=fused,
+        )
+        # The total is read at every step: a time budget (fast_style.train.TimeBudget) may
+        # shorten the run once the step time is known, and the cosine then ends with it.
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt,
+            lambda step: lr_lambda(
+                step, o.warmup_steps, self._total_steps(), o.scheduler, o.min_lr_ratio
+            ),
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _total_steps(self) -> int:
+        steps = self.trainer.max_steps
+        return int(steps) if steps and steps > 0 else 0
+
+    def metadata(self, index: int = 0) -> dict[str, Any]:
+        """The self-description of style ``index``'s network (checkpoints, exported models)."""
+        s = self.settings.for_style(index)
+        return describe(
+            self.nets[index],
+            style=s.style.name,
+            width=s.model.name,
+            training=s.to_dict(),
+            global_step=int(self.global_step),
+            weights_source=getattr(self._criterion.network, "weights_source", None)
+            if self._criterion is not None
+            else None,
+            **(
+                {"fine_tuned_from": self._init_meta[s.style.name]}
+                if s.style.name in self._init_meta
+                else {}
+            ),
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["fast_style"] = self.metadata()
+        if len(self.nets) > 1:
+            checkpoint["fast_style_styles"] = [self.metadata(k) for k in range(len(self.nets))]

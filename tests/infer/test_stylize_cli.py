@@ -1,0 +1,451 @@
+"""The stylize CLI: inputs (files, folders, globs), outputs, odd images, errors, progress."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fast_style.infer.cli import main
+from tests._imaging_helpers import huge_png
+from tests._stylize_helpers import exif_rotated_jpeg, odd_images, photo, save_tiny, save_tiny_ckpt
+from tests.conftest import REPO
+
+
+@pytest.fixture(autouse=True)
+def _onnx_cache(tmp_path_factory, monkeypatch):
+    """Keep the ONNX export cache of these tests out of the user's home."""
+    monkeypatch.setenv("FAST_STYLE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return save_tiny(tmp_path_factory.mktemp("models") / "tiny.safetensors")
+
+
+def run(*argv: str) -> int:
+    return main(["--backend", "eager", "-q", *argv])
+
+
+def test_one_file_to_one_file_in_each_format(model, tmp_path):
+    src = tmp_path / "in.png"
+    photo(37, 21).save(src)
+    for ext, fmt in [("jpg", "JPEG"), ("png", "PNG"), ("webp", "WEBP")]:
+        out = tmp_path / f"out.{ext}"
+        assert run("--model", str(model), "--input", str(src), "--output", str(out)) == 0
+        with Image.open(out) as im:
+            assert im.format == fmt and im.size == (37, 21)
+
+
+def test_folder_recursive_glob_and_a_bad_image(model, tmp_path, capsys):
+    d = tmp_path / "photos"
+    (d / "sub").mkdir(parents=True)
+    photo(30, 20).save(d / "a.jpg")
+    photo(31, 21).save(d / "sub" / "b.png")
+    (d / "broken.jpg").write_bytes(b"not a jpeg")
+    other = tmp_path / "more"
+    other.mkdir()
+    photo(16, 16).save(other / "c.webp")
+    photo(16, 16).save(other / "d.gif")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        run("--model", str(model), "--input", str(d), str(other / "*.*"), "--output", str(out))
+    assert e.value.code == 1  # one image failed, the others were written
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert written == ["a.jpg", "c.webp", "d.png", "sub/b.png"]
+    with Image.open(out / "sub" / "b.png") as im:
+        assert im.size == (31, 21)
+    captured = capsys.readouterr()
+    assert "broken.jpg" in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert "stylized 4 images" in captured.out and "images/s" in captured.out
+    assert "1 failed" in captured.out
+
+
+def test_odd_inputs_keep_size_and_alpha(model, tmp_path):
+    d = tmp_path / "odd"
+    d.mkdir()
+    for i, (kind, img) in enumerate(odd_images().items()):
+        ext = "tif" if kind in ("CMYK", "F", "I", "YCbCr") else "png"
+        if kind == "YCbCr":
+            ext = "jpg"
+        img.save(d / f"{i:02d}.{ext}")
+    exif_rotated_jpeg(d / "rotated.jpg", 40, 24)
+    out = tmp_path / "out"
+    assert run("--model", str(model), "--input", str(d), "--output", str(out), "--ext", "png") == 0
+    for src in d.iterdir():
+        with Image.open(src) as a, Image.open(out / f"{src.stem}.png") as b:
+            expected = (a.size[1], a.size[0]) if src.name == "rotated.jpg" else a.size
+            assert b.size == expected, src.name
+            if a.mode in ("RGBA", "LA") or "transparency" in a.info:
+                assert b.mode == "RGBA"
+
+
+def test_sixteen_bit_png(model, tmp_path):
+    arr = (np.linspace(0, 65535, 24 * 18).reshape(18, 24)).astype(np.uint16)
+    src = tmp_path / "deep.png"
+    Image.fromarray(arr).save(src)
+    with Image.open(src) as im:
+        assert im.mode.startswith("I")
+    assert run("--model", str(model), "--input", str(src), "--output", str(tmp_path / "o.png")) == 0
+
+
+def test_options_reach_the_engine(model, tmp_path):
+    src = tmp_path / "in.png"
+    photo(60, 40).save(src)
+    zero = tmp_path / "zero.png"
+    assert (
+        run("--model", str(model), "--input", str(src), "--output", str(zero), "--strength", "0")
+        == 0
+    )
+    assert np.array_equal(np.asarray(Image.open(zero)), np.asarray(Image.open(src)))
+    small = tmp_path / "small.png"
+    run("--model", str(model), "--input", str(src), "--output", str(small), "--max-size", "30")
+    assert Image.open(small).size == (30, 20)
+    tiled = tmp_path / "tiled.png"
+    argv = ["--tile", "64", "--overlap", "16", "--preserve-color", "--match-histogram"]
+    assert run("--model", str(model), "--input", str(src), "--output", str(tiled), *argv) == 0
+    assert Image.open(tiled).size == (60, 40)
+    mask = tmp_path / "mask.png"
+    Image.new("L", (15, 10), 0).save(mask)  # another resolution, the same aspect ratio
+    masked = tmp_path / "masked.png"
+    run("--model", str(model), "--input", str(src), "--output", str(masked), "--mask", str(mask))
+    assert np.array_equal(np.asarray(Image.open(masked)), np.asarray(Image.open(src)))
+
+
+def test_ckpt_and_style_name(model, tmp_path):
+    src = tmp_path / "in.jpg"
+    photo(20, 20).save(src)
+    ckpt = save_tiny_ckpt(tmp_path / "ck" / "last.ckpt")
+    assert run("--model", str(ckpt), "--input", str(src), "--output", str(tmp_path / "a.png")) == 0
+    argv = ["--model", "tiny", "--models-dir", str(model.parent)]
+    assert run(*argv, "--input", str(src), "--output", str(tmp_path / "b.png")) == 0
+
+
+def test_list_models_shows_metadata(model, tmp_path, capsys):
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    save_tiny_ckpt(tmp_path / "other.ckpt", style="mosaic")
+    assert (
+        main(["--list-models", "--models-dir", str(model.parent), "--models-dir", str(tmp_path)])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "tiny" in out and "8/16/16" in out and "mosaic" in out and "unreadable" in out
+    header, *rows = [line for line in out.splitlines() if line and "unreadable" not in line]
+    for row in rows:  # columns line up with the header whatever the name lengths
+        col = header.index("channels")
+        assert row[col - 1] == " " and "/" in row[col:].split()[0]
+
+
+def test_never_overwrites_the_input(model, tmp_path, capsys):
+    src = tmp_path / "keep.png"
+    photo(20, 20).save(src)
+    before = src.read_bytes()
+    with pytest.raises(SystemExit) as e:
+        run("--model", str(model), "--input", str(src), "--output", str(src))
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2  # refused when planning: a usage error, nothing written
+    assert err == f"error: refusing to overwrite the input {src} with the result of {src}; " + (
+        "nothing written"
+    )
+    with pytest.raises(SystemExit) as e:
+        run("--model", str(model), "--input", str(tmp_path), "--output", str(tmp_path))
+    assert e.value.code == 2 and "refusing to overwrite the input" in capsys.readouterr().err
+    assert src.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["keep.png"]
+
+
+# --- the output plan: never over an input, never two inputs into one output ------------------
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (links included, by the bytes they lead to)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*")}
+
+
+def _refused(model: Path, capsys, *argv: str) -> str:
+    """Run, expect a usage error (2) before the model loads, return its one stderr line."""
+    with pytest.raises(SystemExit) as e:
+        run("--model", str(model), *argv)
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_a_gif_result_never_replaces_its_png_sibling(model, tmp_path, capsys):
+    d = tmp_path / "d"
+    d.mkdir()
+    photo(16, 16).save(d / "photo.gif")
+    photo(16, 16, seed=1).save(d / "photo.png")
+    before = _snapshot(d)
+    err = _refused(model, capsys, "--input", str(d), "--output", str(d))
+    assert err == (
+        f"error: refusing to overwrite the input {d / 'photo.png'} with the result of "
+        f"{d / 'photo.gif'} (and 1 more); nothing written"
+    )
+    assert _snapshot(d) == before
+    out = tmp_path / "out"  # into another folder: both would become out/photo.png
+    err = _refused(model, capsys, "--input", str(d), "--output", str(out))
+    assert err == (
+        f"error: {d / 'photo.gif'} and {d / 'photo.png'} would both be written to "
+        f"{out / 'photo.png'}; nothing written"
+    )
+    assert not out.exists() and _snapshot(d) == before
+
+
+def test_ext_never_replaces_the_inputs_of_that_format(model, tmp_path, capsys):
+    d = tmp_path / "d"
+    d.mkdir()
+    for name in ("a.jpg", "a.png", "b.webp", "b.png"):
+        photo(16, 16).save(d / name)
+    before = _snapshot(d)
+    err = _refused(model, capsys, "--input", str(d), "--output", str(d), "--ext", "png")
+    assert err == (
+        f"error: refusing to overwrite the input {d / 'a.png'} with the result of "
+        f"{d / 'a.jpg'} (and 3 more); nothing written"
+    )
+    assert _snapshot(d) == before
+
+
+@pytest.mark.parametrize("link", ["hard", "symbolic"])
+def test_an_existing_output_linked_to_an_input_is_refused(model, tmp_path, capsys, link):
+    d, out = tmp_path / "d", tmp_path / "out"
+    d.mkdir()
+    out.mkdir()
+    photo(16, 16).save(d / "a.png")
+    photo(16, 16, seed=1).save(d / "b.png")
+    if link == "hard":
+        os.link(d / "b.png", out / "a.png")
+    else:
+        (out / "a.png").symlink_to(d / "b.png")
+    before = _snapshot(d)
+    err = _refused(model, capsys, "--input", str(d), "--output", str(out))
+    assert err == (
+        f"error: refusing to overwrite the input {d / 'b.png'} with the result of "
+        f"{d / 'a.png'} ({out / 'a.png'} is a link to it); nothing written"
+    )
+    assert _snapshot(d) == before and [p.name for p in out.iterdir()] == ["a.png"]
+
+
+def test_the_same_name_from_two_folders_is_renamed_with_a_note(model, tmp_path, capsys):
+    for sub in ("x", "y"):
+        (tmp_path / sub).mkdir()
+        photo(16, 16).save(tmp_path / sub / "a.png")
+    out = tmp_path / "out"
+    assert run("--model", str(model), "--input", str(tmp_path / "*"), "--output", str(out)) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a-2.png", "a.png"]
+    note = f"note: {tmp_path / 'y' / 'a.png'} → {out / 'a-2.png'} (a.png is taken by another "
+    assert capsys.readouterr().err == note + "input of that name)\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("o.xyz", ""),
+        ("o.gif", " (GIF inputs are written as PNG)"),
+        ("clip.mp4", ""),
+    ],
+)
+def test_output_with_an_unwritable_extension_is_a_usage_error(model, tmp_path, capsys, name, why):
+    src = tmp_path / "in.png"
+    photo(16, 16).save(src)
+    out = tmp_path / name
+    err = _refused(model, capsys, "--input", str(src), "--output", str(out))
+    assert err == (
+        f"error: --output {out}: {out.suffix} is not an image format stylize.py writes{why}; "
+        "use .jpg, .jpeg, .png, .webp, .tif, .tiff, .bmp, or a folder name without an extension"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
+    (tmp_path / "results.v2").mkdir()  # an existing folder is a folder, whatever its name
+    assert (
+        run("--model", str(model), "--input", str(src), "--output", str(tmp_path / "results.v2"))
+        == 0
+    )
+    assert (tmp_path / "results.v2" / "in.png").is_file()
+
+
+# --- the pixel limit -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("size", "argv", "expected"),
+    [
+        # 185 MP: under the documented 200 MP, yet Pillow's own bomb check refused it.
+        ((13600, 13600), [], "corrupt or truncated image"),
+        ((16000, 15625), [], "16000x15625 = 250.0 MP exceeds the limit of 200.0 MP; raise it"),
+        ((13600, 13600), ["--max-pixels", "1e8"], "= 185.0 MP exceeds the limit of 100.0 MP"),
+        ((16000, 15625), ["--max-pixels", "300_000_000"], "corrupt or truncated image"),
+    ],
+)
+def test_max_pixels_is_the_only_pixel_limit(model, tmp_path, capsys, size, argv, expected):
+    src = huge_png(tmp_path / "huge.png", *size)  # a header claiming the size, no pixel data
+    with pytest.raises(SystemExit) as e:
+        run("--model", str(model), "--input", str(src), "--output", str(tmp_path / "o.png"), *argv)
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {src}: ") and expected in err and "Bomb" not in err
+    if "exceeds" in expected:
+        assert err.endswith("; raise it with --max-pixels")
+    assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("0", "--max-pixels must be at least 1"), ("lots", "not a pixel count: 'lots'")],
+)
+def test_max_pixels_must_be_a_positive_count(model, tmp_path, capsys, value, message):
+    src = tmp_path / "in.png"
+    photo(16, 16).save(src)
+    with pytest.raises(SystemExit) as e:
+        run("--input", str(src), "--output", str(tmp_path / "o.png"), "--max-pixels", value)
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message)  # after the usage
+
+
+# --- symlinked folders -----------------------------------------------------------------------
+
+
+def test_symlinked_sub_folders_are_followed_once_and_loops_reported(model, tmp_path, capsys):
+    d, other = tmp_path / "d", tmp_path / "elsewhere"
+    (d / "sub").mkdir(parents=True)
+    other.mkdir()
+    photo(16, 16).save(d / "a.png")
+    photo(16, 16).save(d / "sub" / "b.png")
+    photo(16, 16).save(other / "c.png")
+    (d / "linked").symlink_to(other, target_is_directory=True)  # followed, named "linked"
+    (d / "alias").symlink_to(d / "sub", target_is_directory=True)  # b.png a second time
+    (d / "sub" / "loop").symlink_to(d, target_is_directory=True)  # a loop
+    out = tmp_path / "out"
+    assert run("--model", str(model), "--input", str(d), "--output", str(out)) == 0
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert written == ["a.png", "linked/c.png", "sub/b.png"]
+    assert capsys.readouterr().err.splitlines() == [
+        f"note: {d / 'alias'}: skipped, it is the same folder as {d / 'sub'}",
+        f"note: {d / 'sub' / 'loop'}: skipped, it links back to {d}",
+    ]
+
+
+# --- masks -----------------------------------------------------------------------------------
+
+
+def test_a_mask_of_another_shape_fails_that_image_and_is_never_stretched(model, tmp_path, capsys):
+    d = tmp_path / "d"
+    d.mkdir()
+    photo(60, 40).save(d / "wide.png")
+    photo(40, 60).save(d / "tall.png")
+    mask = tmp_path / "mask.png"
+    Image.new("L", (15, 10), 0).save(mask)  # 3:2, any resolution: fits wide.png only
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        run("--model", str(model), "--input", str(d), "--output", str(out), "--mask", str(mask))
+    assert e.value.code == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: {d / 'tall.png'}: --mask {mask}: mask is 15x10 but the image is 40x60: "
+        "aspect ratios differ"
+    )
+    assert [p.name for p in out.iterdir()] == ["wide.png"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--strength", "2"],
+        ["--tile", "50"],
+        ["--model", "{bad}"],
+        ["--input", "{missing}"],
+        ["--output", "{file_for_two}"],
+        ["--device", "tpu"],
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(model, tmp_path, capsys, argv):
+    src = tmp_path / "in.png"
+    photo(20, 20).save(src)
+    photo(20, 20).save(tmp_path / "in2.png")
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    subst = {
+        "{bad}": str(bad),
+        "{missing}": str(tmp_path / "nope.png"),
+        "{file_for_two}": str(tmp_path / "one.png"),
+    }
+    args = {"--model": str(model), "--input": str(src), "--output": str(tmp_path / "o.png")}
+    if argv[0] == "--output":
+        args["--input"] = str(tmp_path / "in*.png")
+    full = []
+    for k, v in {**args, argv[0]: subst.get(argv[1], argv[1])}.items():
+        full += [k, v]
+    with pytest.raises(SystemExit) as e:
+        run(*full)
+    assert e.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "error" in last
+
+
+def test_progress_counter_without_tqdm(model, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm → ImportError
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(3):
+        photo(16, 12, seed=i).save(d / f"{i}.png")
+    assert (
+        main(
+            [
+                "--backend",
+                "eager",
+                "--model",
+                str(model),
+                "--input",
+                str(d),
+                "--output",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 0
+    )
+    assert "3/3 images" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_as_a_subprocess(model, tmp_path):
+    src = tmp_path / "in.jpg"
+    photo(40, 30).save(src)
+    out = tmp_path / "out.png"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "stylize.py",
+            "--model",
+            str(model),
+            "--input",
+            str(src),
+            "--output",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "stylized 1 image" in proc.stdout and Image.open(out).size == (40, 30)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "stylize.py",
+            "--model",
+            str(tmp_path / "none.ckpt"),
+            "--input",
+            str(src),
+            "--output",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0

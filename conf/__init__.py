@@ -1,1 +1,2 @@
-"""Package data marker: the Hydra config tree, installed as ``fast_style._conf`` (see fast_style/core/resources.py)."""
+"""Package data marker: the Hydra config tree, installed as ``fast_style._conf``
+(see fast_style/core/resources.py)."""

@@ -64,9 +64,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[0] not in COMMANDS:
         print(f"error: unknown command {args[0]!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    sys.argv = [f"fast-style {args[0]}", *args[1:]]  # what Hydra and argparse show as prog
-    status = _load(args[0])(args[1:])
+    saved, sys.argv = sys.argv, [f"fast-style {args[0]}", *args[1:]]  # prog for Hydra, argparse
+    try:
+        status = _load(args[0])(args[1:])
+    finally:
+        sys.argv = saved
     return int(status or 0)
+
+
+def _run(command: str) -> int:
+    return main([command, *sys.argv[1:]])
+
+
+# The console scripts fast-style-<command>: the same dispatch, so a missing extra is one line.
+def train() -> int:
+    return _run("train")
+
+
+def stylize() -> int:
+    return _run("stylize")
+
+
+def export() -> int:
+    return _run("export")
+
+
+def gatys() -> int:
+    return _run("gatys")
+
+
+def evaluate() -> int:
+    return _run("evaluate")
+
+
+def serve() -> int:
+    return _run("serve")
 
 
 if __name__ == "__main__":

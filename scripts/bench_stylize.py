@@ -15,10 +15,11 @@ same rows as JSON (``--json``, default ``outputs/bench_stylize.json``). Backends
   for minutes on a 2-core CPU, so on CPU it is timed at ``--compile-sizes`` only (512²);
 * ``onnxruntime``: the model exported by ``fast_style.infer.export``, ONNX Runtime with all graph
   optimisations (``Stylizer``'s CPU default when no C compiler is available);
-* ``fused``: ``fast_style.infer.backends.fused`` (PyTorch's oneDNN convolutions, the layers between them
-  fused into C kernels built at first use; ``Stylizer``'s CPU default). It raises glibc's
-  malloc thresholds, process-wide (so does ``Stylizer`` on CPU), so the script does that up
-  front for every backend (``--no-malloc-tuning``: for none, to measure what it brings);
+* ``fused``: ``fast_style.infer.backends.fused`` (PyTorch's oneDNN convolutions, the layers
+  between them fused into C kernels built at first use; ``Stylizer``'s CPU default). The CLIs
+  raise glibc's malloc thresholds, process-wide (``fast_style.infer.allocator``), so the script
+  does that up front for every backend (``--no-malloc-tuning``: for none, to measure what it
+  brings);
 * ``ort-int8`` (``--int8``): ONNX Runtime static int8 quantisation (QDQ, per-channel weights),
   calibrated on photos, with its PSNR against fp32 on held-out photos;
 * on GPU also ``fp16``/``bf16`` autocast (``--half``) of the channels_last ``DeployNet``, and
@@ -55,10 +56,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fast_style.core.device import resolve_device, sync_device
 from fast_style.core.imaging import list_images, load_rgb, pil_to_tensor, resize_long_side
 from fast_style.core.model_io import load_model
 from fast_style.core.network import TransformerNet
-from fast_style.infer.backends.fused import FusedRunner, tune_malloc
+from fast_style.infer.allocator import tune_malloc
+from fast_style.infer.backends.fused import FusedRunner
 from fast_style.infer.export import DeployNet, to_onnx_bytes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,8 +148,7 @@ def make_runner(backend: str, net: TransformerNet, device: torch.device, threads
         x = x.to(device, dtype=cast).contiguous(memory_format=fmt)
         with torch.inference_mode(), torch.autocast(device.type, dtype, enabled=dtype is not None):
             y = model(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync_device(device)
         return y
 
     return run
@@ -385,12 +387,10 @@ def _net(width: str, model: str | None) -> TransformerNet:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    )
+    device = resolve_device(args.device)
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    # The fused backend raises glibc's malloc thresholds (fast_style.infer.backends.fused.tune_malloc) and
+    # The CLIs raise glibc's malloc thresholds (fast_style.infer.allocator.tune_malloc) and
     # that is process-wide: set it up front so that every PyTorch backend is timed alike.
     if args.no_malloc_tuning:
         os.environ["FAST_STYLE_MALLOC_TUNING"] = "0"  # the fused backend would set it too

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
+from fast_style.core.device import resolve_device, sync_device
 from fast_style.core.imaging import list_images
 from fast_style.core.resources import config_dir
 from fast_style.train.config import validate
@@ -88,14 +89,14 @@ def time_config(
     t0 = time.perf_counter()
     for _ in range(warmup):
         step()
-    sync(device)
+    sync_device(device)
     warm_s = time.perf_counter() - t0
     times = []
     for _ in range(3):  # three timed blocks; the median block is reported
         t0 = time.perf_counter()
         for _ in range(steps):
             step()
-        sync(device)
+        sync_device(device)
         times.append((time.perf_counter() - t0) / steps)
     ms = 1000 * statistics.median(times)
     row = {
@@ -114,11 +115,6 @@ def time_config(
     return row
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--configs", default=",".join(CONFIGS), help="comma list of the rows")
@@ -127,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=30, help="steps per timed block")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps (compilation)")
     p.add_argument("--photos", default=None, help="folder of photos (default: noise)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--json", default=str(Path("outputs") / "bench_train.json"))
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=slim")
     return p
@@ -135,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = True
     batch = photos(args.photos, args.batch, args.size).to(device)
     rows = []

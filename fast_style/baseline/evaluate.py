@@ -1,4 +1,4 @@
-"""Evaluate a style network against Gatys et al.: ``python -m fast_style.baseline.evaluate --model M
+"""Evaluate a style network against Gatys et al.: ``fast-style evaluate --model M
 --content DIR [--gatys-steps 50,100,300,500] [--out DIR]``.
 
 For each held-out image: the network's content loss, style loss and TV, measured with the loss
@@ -355,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _images(args: argparse.Namespace) -> list[Path]:
     try:
-        images = list_images(args.content)
+        images = list_images(resolve_data_path(args.content))
     except FileNotFoundError as e:
         raise ConfigError(str(e)) from None
     if args.limit > 0:

@@ -1,9 +1,9 @@
-"""Gatys et al. optimisation: ``python -m fast_style.baseline.gatys --content C --style S --output O``.
+"""Gatys et al. optimisation: ``fast-style gatys --content C --style S --output O``.
 
 Gatys, Ecker & Bethge 2016, "Image Style Transfer Using Convolutional Neural Networks": the image
 itself is optimised against the perceptual loss. The loss is *the* training loss: the criterion
-comes from ``fast_style.train.system.style_criterion``, the function training builds its loss with, so
-network, taps, normalisation and per-layer terms are the same code, not a copy.
+comes from ``fast_style.loss.criterion.style_criterion``, the function training builds its loss
+with, so network, taps, normalisation and per-layer terms are the same code, not a copy.
 
 The image saved is the iterate with the lowest loss (normally the last). Besides the image,
 ``O`` gets a JSON file (``O`` with suffix ``.json``) with the settings, the loss trace (one entry
@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from PIL import Image
+from tqdm import tqdm
 
 from fast_style.core.color import match_color, transfer_luminance
 from fast_style.core.device import resolve_device as core_resolve_device
@@ -38,11 +38,11 @@ from fast_style.core.imaging import (
     resize_long_side,
     save_image,
 )
-from fast_style.core.resources import config_dir
+from fast_style.core.resources import resolve_data_path
 from fast_style.loss import LossNetworkWeightsError, PerceptualLoss, layer_names
 from fast_style.loss.config import LossConfig, StyleConfig
 from fast_style.loss.criterion import style_criterion
-from fast_style.train.config import ConfigError, _section
+from fast_style.train.config import ConfigError, load_loss, load_style
 
 OPTIMIZERS = ("lbfgs", "adam")
 INITS = ("content", "noise", "style")
@@ -57,42 +57,6 @@ MAIN_TERMS = ("content", "style", "tv", "total")
 # ---------------------------------------------------------------------------------------------
 # Configuration: the style's config file (conf/style) and the loss network (conf/loss)
 # ---------------------------------------------------------------------------------------------
-
-
-def _group_names(group: str) -> list[str]:
-    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml") if p.stem != "custom")
-
-
-def _load_group(group: str, name: str, schema: type) -> Any:
-    """``conf/<group>/<name>.yaml`` validated against its schema (as training does)."""
-    path = config_dir() / group / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(
-            f"unknown {group} {name!r}; choose one of {', '.join(_group_names(group))}"
-        )
-    return _section(schema, OmegaConf.load(path), group)
-
-
-def load_style(spec: str) -> StyleConfig:
-    """A style name from ``conf/style`` (its image, size and loss weights), or an image file
-    (with the weights of ``conf/style/custom.yaml``)."""
-    if "/" not in spec and "\\" not in spec and (config_dir() / "style" / f"{spec}.yaml").is_file():
-        return _load_group("style", spec, StyleConfig)
-    path = Path(spec).expanduser()
-    if not path.is_file():
-        raise ConfigError(
-            f"style {spec!r} is neither an image file nor a style name "
-            f"({', '.join(_group_names('style'))})"
-        )
-    cfg = OmegaConf.load(config_dir() / "style" / "custom.yaml")
-    cfg.name, cfg.image = path.stem, str(path)
-    return _section(StyleConfig, cfg, "style")
-
-
-def load_loss(network: str = "vgg16", weights: str | None = None) -> LossConfig:
-    """The loss network config ``conf/loss/<network>.yaml``, with an optional weights file."""
-    cfg = _load_group("loss", network, LossConfig)
-    return dataclasses.replace(cfg, weights=weights) if weights else cfg
 
 
 def parse_layers(spec: str) -> dict[str, float]:
@@ -122,36 +86,27 @@ def scalars(terms: Mapping[str, torch.Tensor]) -> dict[str, float]:
 
 
 class Progress:
-    """A tqdm bar showing the loss terms if tqdm is importable, else a stderr line now and then."""
+    """A tqdm bar of iterations on stderr showing the loss terms (hidden when not enabled)."""
 
     def __init__(self, total: int, desc: str = "gatys", enabled: bool = True, leave: bool = True):
-        self.total, self.desc, self.enabled, self.n = total, desc, enabled, 0
-        self._every = max(1, total // 20)
-        self._bar = None
-        if enabled:
-            try:
-                from tqdm.auto import tqdm
-            except ImportError:
-                return
-            self._bar = tqdm(
-                total=total, desc=desc, file=sys.stderr, leave=leave, dynamic_ncols=True
-            )
+        self.total, self.n = total, 0
+        self._bar = tqdm(
+            total=total,
+            desc=desc,
+            file=sys.stderr,
+            leave=leave,
+            dynamic_ncols=True,
+            disable=not enabled,
+        )
 
     def update(self, losses: Mapping[str, float]) -> None:
         self.n += 1
-        if not self.enabled:
-            return
         shown = {k: f"{losses[k]:.4g}" for k in MAIN_TERMS if k in losses}
-        if self._bar is not None:
-            self._bar.set_postfix(shown, refresh=False)
-            self._bar.update(1)
-        elif self.n % self._every == 0 or self.n == self.total:
-            text = " ".join(f"{k}={v}" for k, v in shown.items())
-            print(f"{self.desc}: {self.n}/{self.total} {text}", file=sys.stderr, flush=True)
+        self._bar.set_postfix(shown, refresh=False)
+        self._bar.update(1)
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
+        self._bar.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,6 +188,22 @@ def measure(
     return scalars(crit(image, content_feats=content_feats))
 
 
+def make_optimizer(x: torch.Tensor, options: GatysOptions) -> torch.optim.Optimizer:
+    """L-BFGS with unit steps and no line search (one function evaluation per ``step()``, so
+    progress and snapshots see every iteration; torch's strong-Wolfe search stalled on this
+    objective, docs/evaluation.md), or Adam."""
+    if options.optimizer == "lbfgs":
+        return torch.optim.LBFGS(
+            [x],
+            lr=options.step_size,
+            max_iter=1,
+            history_size=LBFGS_HISTORY,
+            tolerance_grad=0.0,
+            tolerance_change=0.0,
+        )
+    return torch.optim.Adam([x], lr=options.step_size)
+
+
 def optimise(
     crit: PerceptualLoss,
     content: torch.Tensor,
@@ -246,13 +217,8 @@ def optimise(
     ``content`` and ``init`` are (1, 3, H, W) in [0, 1] on the criterion's device. The variable
     ``x`` is unconstrained; the image is ``x.clamp(0, 1)`` and the objective is the loss of that
     image, so every trace value is the loss of a picture that can be saved, and L-BFGS sees one
-    consistent function. (Projecting instead, clamping ``x`` in place between iterations, made
-    L-BFGS's curvature pairs disagree with the steps actually taken: on the 256 px evaluation
-    the loss rose from about 1.2 after 100 iterations to 1.7-2.0 after 300. Smooth maps into
-    (0, 1), a sigmoid or an identity with exponential margins, keep the gradient of a pixel
-    pushed past a bound, which the clamp zeroes, and ended 1-2 % lower there, but with unit
-    L-BFGS steps they blew up where much of the optimum lies outside [0, 1]; see
-    tests/test_gatys_convergence.py and docs/evaluation.md.)
+    consistent function (projecting ``x`` in place between iterations made its curvature pairs
+    disagree with the steps taken; docs/evaluation.md compares the alternatives).
 
     Returns the lowest-loss iterate (``GatysResult.best_step``); every iterate's loss is
     computed anyway, so this costs no evaluation. ``callback(k, image, losses)`` runs after
@@ -262,62 +228,61 @@ def optimise(
     """
     content_feats = crit.content_targets(content)
     x = init.detach().clamp(0, 1).contiguous().requires_grad_(True)
-    if options.optimizer == "lbfgs":
-        # One iteration per step() call, so that progress and snapshots see every iteration;
-        # without line search that is exactly one function evaluation per iteration. (torch's
-        # strong-Wolfe line search was tried on this objective: it stalled for good after
-        # 2-20 iterations on 3 of the 6 evaluation images at 256 px, while the unit step
-        # decreased the loss steadily on all 6.)
-        opt = torch.optim.LBFGS(
-            [x],
-            lr=options.step_size,
-            max_iter=1,
-            history_size=LBFGS_HISTORY,
-            tolerance_grad=0.0,
-            tolerance_change=0.0,
-        )
-    else:
-        opt = torch.optim.Adam([x], lr=options.step_size)
+    opt = make_optimizer(x, options)
     result = GatysResult(image=x.detach().clamp(0, 1))
-    last: dict[str, torch.Tensor] = {}
-    evaluated: list[torch.Tensor] = []  # the image the last evaluation was at
-    best_total = float("inf")
+    evaluated: dict[str, Any] = {}  # the terms and the image of the last evaluation
 
     def closure() -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
         image = x.clamp(0, 1)  # a new tensor: the optimizer's update of x leaves it as it is
         terms = crit(image, content_feats=content_feats)
         terms["total"].backward()
-        last.update(terms)
-        evaluated[:] = [image.detach()]
+        evaluated.update(terms=terms, image=image.detach())
         result.evaluations += 1
         return terms["total"]
 
-    elapsed = 0.0
+    best_total, elapsed = float("inf"), 0.0
     try:
         for k in range(1, options.steps + 1):
             started_at = elapsed  # optimisation time spent on the first k - 1 iterations
-            sync_device(x.device)
-            t0 = time.perf_counter()
-            opt.step(closure)
-            sync_device(x.device)
-            elapsed += time.perf_counter() - t0
-            losses = scalars(last)  # evaluated at the image after k - 1 iterations
+            elapsed += _timed_step(opt, closure, x.device)
+            losses = scalars(evaluated["terms"])  # evaluated at the image after k - 1 steps
             result.trace.append({"step": k - 1, **losses, "time_s": started_at})
             if losses["total"] <= best_total:
-                best_total, result.best_step, result.image = losses["total"], k - 1, evaluated[0]
+                best_total, result.best_step = losses["total"], k - 1
+                result.image = evaluated["image"]
             if progress is not None:
                 progress.update(losses)
             if callback is not None:
                 callback(k, x.detach().clamp(0, 1), losses)
     except KeyboardInterrupt:
         result.interrupted = True
-    image = x.detach().clamp(0, 1)
+    _finish(result, crit, x.detach().clamp(0, 1), content_feats, elapsed, best_total)
+    return result
+
+
+def _timed_step(opt: torch.optim.Optimizer, closure: Callable, device: torch.device) -> float:
+    """One optimizer step; its wall time in seconds (device work included)."""
+    sync_device(device)
+    t0 = time.perf_counter()
+    opt.step(closure)
+    sync_device(device)
+    return time.perf_counter() - t0
+
+
+def _finish(
+    result: GatysResult,
+    crit: PerceptualLoss,
+    image: torch.Tensor,
+    content_feats: Mapping[str, torch.Tensor],
+    elapsed: float,
+    best_total: float,
+) -> None:
+    """Measure the last iterate, append it to the trace and keep it if it is the best."""
     final = measure(crit, image, content_feats)
     result.trace.append({"step": len(result.trace), **final, "time_s": elapsed})
     if final["total"] <= best_total:
         result.best_step, result.image = len(result.trace) - 1, image
-    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -560,6 +525,45 @@ class StepLogger:
             self.writer.close()
 
 
+def run_report(
+    args: argparse.Namespace,
+    output: Path,
+    style: StyleConfig,
+    loss: LossConfig,
+    crit: PerceptualLoss,
+    options: GatysOptions,
+    sizes: list[int],
+    picture: torch.Tensor,
+    result: GatysResult,
+) -> dict[str, Any]:
+    """What the run's ``.json`` trace file records: settings, timings and the loss trace."""
+    device = next(crit.network.parameters()).device
+    return {
+        "output": str(output),
+        "content": str(args.content),
+        "style": dataclasses.asdict(style),
+        "loss_network": {"network": loss.network, "weights": crit.network.weights_source},
+        "optimizer": options.optimizer,
+        "lr": options.step_size,
+        "steps_per_level": options.steps,
+        "sizes": sizes,
+        "image_hw": list(picture.shape[-2:]),
+        "init": args.init,
+        "preserve_color": args.preserve_color,
+        "seed": args.seed,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "iterations": result.final["step"],
+        "evaluations": result.evaluations,
+        "interrupted": result.interrupted,
+        "wall_time_s": result.wall_time_s,
+        "final": result.final,
+        "saved_step": result.best_step,
+        "saved": result.best,
+        "trace": result.trace,
+    }
+
+
 def _main(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     check_args(args)
@@ -568,7 +572,7 @@ def _main(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     loss = load_loss(args.network, args.vgg_weights)
     style = configure_style(args, loss.network)
-    content = load_rgb(args.content)
+    content = load_rgb(resolve_data_path(args.content))  # a file, or a shipped photo's name
     long_side = args.size or max(content.size)
     if args.style_scale is not None:
         style = dataclasses.replace(style, size=max(1, round(args.style_scale * long_side)))
@@ -591,31 +595,8 @@ def _main(args: argparse.Namespace) -> int:
     )
     save_image(picture, output)
     logger.close(picture, result.best_step)
-    report = {
-        "output": str(output),
-        "content": str(args.content),
-        "style": dataclasses.asdict(style),
-        "loss_network": {"network": loss.network, "weights": crit.network.weights_source},
-        "optimizer": options.optimizer,
-        "lr": options.step_size,
-        "steps_per_level": options.steps,
-        "sizes": sizes,
-        "image_hw": list(picture.shape[-2:]),
-        "init": args.init,
-        "preserve_color": args.preserve_color,
-        "seed": args.seed,
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "iterations": result.final["step"],
-        "evaluations": result.evaluations,
-        "interrupted": result.interrupted,
-        "wall_time_s": result.wall_time_s,
-        "total_time_s": time.perf_counter() - t_start,
-        "final": result.final,
-        "saved_step": result.best_step,
-        "saved": result.best,
-        "trace": result.trace,
-    }
+    report = run_report(args, output, style, loss, crit, options, sizes, picture, result)
+    report["total_time_s"] = time.perf_counter() - t_start
     trace_path.write_text(json.dumps(report, indent=1))
     f = result.best
     terms = ", ".join(f"{k} {f[k]:.4g}" for k in MAIN_TERMS)

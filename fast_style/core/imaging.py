@@ -328,11 +328,11 @@ def cover_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def image_grid(rows: Sequence[Iterable[torch.Tensor]], pad: int = 2) -> torch.Tensor:
     """Tile equally sized (3, H, W) images into one (3, H', W') grid, row by row (white padding)."""
-    rows = [list(r) for r in rows]
-    h, w = rows[0][0].shape[-2:]
-    ncol = max(len(r) for r in rows)
-    grid = torch.ones(3, len(rows) * (h + pad) + pad, ncol * (w + pad) + pad)
-    for i, row in enumerate(rows):
+    table = [list(r) for r in rows]
+    h, w = table[0][0].shape[-2:]
+    ncol = max(len(r) for r in table)
+    grid = torch.ones(3, len(table) * (h + pad) + pad, ncol * (w + pad) + pad)
+    for i, row in enumerate(table):
         for j, img in enumerate(row):
             y, x = pad + i * (h + pad), pad + j * (w + pad)
             grid[:, y : y + h, x : x + w] = img.detach().float().cpu().clamp(0, 1)
@@ -368,19 +368,20 @@ def open_image_bytes(
     ``ImageReadError`` (corrupt or truncated) with a one-line message naming ``name``."""
     import io
 
+    accepted: list[str] | None = None
     if formats:
         Image.init()  # register every plugin, then keep the accepted ones this Pillow has
-        formats = [f for f in formats if f in Image.OPEN]
+        accepted = [f for f in formats if f in Image.OPEN]
     try:
-        with _pillow_limit_lifted(), Image.open(io.BytesIO(data), formats=formats or None) as im:
+        with _pillow_limit_lifted(), Image.open(io.BytesIO(data), formats=accepted or None) as im:
             return _checked_load(im, name, max_pixels, ImageTooLargeError, hint)
     except ImageReadError:
         raise
     except Image.DecompressionBombError as e:
         raise ImageTooLargeError(f"{name}: too many pixels ({e})") from e
     except UnidentifiedImageError as e:
-        accepted = ", ".join(formats) if formats else "any Pillow format"
-        raise NotAnImageError(f"{name}: not an image of an accepted type ({accepted})") from e
+        shown = ", ".join(accepted) if accepted else "any Pillow format"
+        raise NotAnImageError(f"{name}: not an image of an accepted type ({shown})") from e
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageReadError(f"{name}: corrupt or truncated image ({e})") from e
 

@@ -7,7 +7,10 @@ Two forms carry the same metadata (a JSON-able dict, see ``describe``):
   ``torch.load(weights_only=True)``.
 
 ``load_model`` rebuilds the network from the metadata alone (architecture, widths, residual
-blocks), the way nanoGPT's checkpoints rebuild their model.
+blocks), the way nanoGPT's checkpoints rebuild their model. Files of format version 1 (the
+positional parameter names of before the network's stages were named) load unchanged: their
+keys are renamed on reading (``fast_style.core.network.upgrade_state_dict``), for shape checks
+and weights alike.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import hashlib
 import json
 import os
 import pickle
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +28,17 @@ import torch
 
 from fast_style import __version__
 from fast_style.core.fileio import atomic_write
-from fast_style.core.network import ARCHITECTURE, TransformerConfig, TransformerNet
+from fast_style.core.network import (
+    ARCHITECTURE,
+    TransformerConfig,
+    TransformerNet,
+    upgrade_state_dict,
+)
 
 FORMAT = "fast_style.transformer"
-FORMAT_VERSION = 1
+# 2: parameters named by stage (``encoder.conv1.conv.weight``); 1: positional nn.Sequential
+# keys (``encoder.0.1.weight``), still read (``network.upgrade_state_dict``).
+FORMAT_VERSION = 2
 MODEL_SUFFIXES = (".safetensors", ".ckpt")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Where the content digest lives: a safetensors metadata key, a checkpoint's top-level key.
@@ -179,14 +189,20 @@ def config_of(meta: dict[str, Any], path: Path) -> TransformerConfig:
 
 
 def expected_shapes(cfg: TransformerConfig) -> dict[str, tuple[int, ...]]:
-    """Every weight's shape for ``cfg``, from a network on the meta device (no memory)."""
+    """Every weight's shape for ``cfg`` under today's names, from a network on the meta device
+    (no memory). Format-1 names map onto these with ``upgrade_state_dict``."""
     with torch.device("meta"):
         net = TransformerNet.from_config(cfg)
     return {k: tuple(v.shape) for k, v in net.state_dict().items()}
 
 
 def check_shapes(shapes: Mapping[str, tuple[int, ...]], cfg: TransformerConfig, path: Path) -> None:
-    """The file's tensors must be exactly those of the described network."""
+    """The file's tensors must be exactly those of the described network; ``shapes`` may use
+    either key layout (format 1's positional names are upgraded first)."""
+    try:
+        shapes = upgrade_state_dict(shapes)
+    except ValueError as e:
+        raise ModelFileError(f"{path}: {e}") from None
     want = expected_shapes(cfg)
     missing = sorted(set(want) - set(shapes))
     extra = sorted(set(shapes) - set(want))
@@ -217,8 +233,9 @@ def _safetensors_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Weights and metadata of a ``.safetensors`` model: header, sizes and shapes checked
-    first, then the tensors, their digest and their finiteness."""
+    """Weights (today's key names) and metadata of a ``.safetensors`` model: header, sizes and
+    shapes checked first, then the tensors, their digest (over the keys as stored) and their
+    finiteness."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -238,7 +255,7 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
     if stored is not None and stored != _safetensors_digest(state, meta_json or ""):
         raise ModelFileError(f"{path}: corrupt file (content digest mismatch)")
     check_finite(state, path)
-    return state, meta
+    return upgrade_state_dict(state), meta
 
 
 def load_checkpoint_dict(path: Path) -> dict[str, Any]:
@@ -262,7 +279,8 @@ def load_checkpoint_dict(path: Path) -> dict[str, Any]:
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The first network's weights (``net.*``) and metadata of a Lightning checkpoint."""
+    """The first network's weights (``net.*``, today's key names) and metadata of a Lightning
+    checkpoint."""
     ckpt = load_checkpoint_dict(path)
     meta = _check_meta(ckpt.get("fast_style"), path)
     state = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
@@ -270,7 +288,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         raise ModelFileError(f"{path}: state_dict holds non-tensor values")
     check_shapes({k: tuple(v.shape) for k, v in state.items()}, config_of(meta, path), path)
     check_finite(ckpt["state_dict"], path)
-    return state, meta
+    return upgrade_state_dict(state), meta
 
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -302,7 +320,7 @@ def load_model(
     return net.to(device).eval(), meta
 
 
-def find_models(dirs: list[str | os.PathLike]) -> list[Path]:
+def find_models(dirs: Sequence[str | os.PathLike]) -> list[Path]:
     """Model files (``.safetensors``, ``.ckpt``) directly inside ``dirs``, sorted by name."""
     out: list[Path] = []
     for d in dirs:
@@ -312,7 +330,7 @@ def find_models(dirs: list[str | os.PathLike]) -> list[Path]:
     return out
 
 
-def resolve_model(spec: str | os.PathLike, search_dirs: list[str | os.PathLike]) -> Path:
+def resolve_model(spec: str | os.PathLike, search_dirs: Sequence[str | os.PathLike]) -> Path:
     """A model path, or a bare style name looked up as ``<dir>/<name>.safetensors|.ckpt``."""
     p = Path(spec).expanduser()
     if p.is_file():

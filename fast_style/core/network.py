@@ -4,12 +4,38 @@ Changes from the paper, all standard since: instance norm instead of batch norm 
 2016, "Instance Normalization"), reflection padding instead of zero padding (no border
 artifacts), and nearest-neighbour upsampling + conv instead of fractionally strided conv
 (Odena et al. 2016, "Deconvolution and Checkerboard Artifacts").
+
+One description, walked by name
+-------------------------------
+This file is the only definition of the architecture: three groups of *named stages* and the
+output stage, in forward order::
+
+    encoder.conv1 … conv3      kind "conv":      pad → conv → norm → ReLU   (ConvNormAct)
+    residuals.res1 … resN      kind "residual":  x + units(x), units conv1, conv2
+    decoder.up1, up2           kind "upsample":  nearest ×2 → ConvNormAct ("layer")
+    output                     kind "output":    pad → conv, then the scaled tanh
+
+``named_stages(net)`` lists them and ``named_norms(net)`` every normalisation layer by its
+qualified name (``encoder.conv1.norm``, ``residuals.res2.conv2.norm``, ``decoder.up1.layer.norm``).
+The derived forms (``fast_style.infer.deploy.DeployNet`` and its frozen-norm form, the fused CPU
+runner, tiled inference's statistics) walk these names and dispatch on each stage's ``kind``;
+none of them finds a layer by its position. A conv unit (``ConvNormAct``) is the one building
+block the derived forms know: a new block (say a depthwise-separable residual block) is a new
+stage class here whose ``units()`` are ``ConvNormAct``s, and a new normalisation (say
+conditional instance norm, Dumoulin et al. 2017, where each style owns only γ/β) is a new
+``norm`` factory plus its case in ``norm_params``.
+
+Model files written before these names existed use positional keys (``encoder.0.1.weight``);
+``upgrade_state_dict`` maps them to today's, in this one place.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import TypeVar, cast
 
 import torch
 from torch import nn
@@ -26,11 +52,18 @@ MIN_SIZE = 8
 # 8x the paper's widest layer, 64 residual blocks 13x its 5.
 MAX_CHANNELS = 1024
 MAX_RESIDUAL = 64
+# The groups of named stages (nn.Sequential), in forward order; the output stage follows them.
+STAGE_GROUPS = ("encoder", "residuals", "decoder")
+
+NormFactory = Callable[[int], nn.Module]
 
 
 @dataclass(frozen=True)
 class TransformerConfig:
-    """Everything needed to rebuild a ``TransformerNet`` (stored in every saved model)."""
+    """Everything needed to rebuild a ``TransformerNet`` (stored in every saved model).
+
+    A later architecture variant (a ``norm`` or ``block`` kind) is a new field here, selecting
+    the factories of this file; ``to_dict``/``from_dict`` then carry it."""
 
     channels: tuple[int, int, int] = (32, 64, 128)
     num_residual: int = 5
@@ -59,34 +92,101 @@ class TransformerConfig:
         return cls(channels=tuple(channels), num_residual=num_residual)
 
 
-class ConvLayer(nn.Sequential):
-    """Reflection pad → conv (k×k, stride) → [instance norm → ReLU]."""
-
-    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, norm_act: bool = True):
-        layers: list[nn.Module] = [nn.ReflectionPad2d(k // 2), nn.Conv2d(cin, cout, k, stride)]
-        if norm_act:
-            layers += [nn.InstanceNorm2d(cout, affine=True), nn.ReLU(inplace=True)]
-        super().__init__(*layers)
+# ---------------------------------------------------------------------------------------------
+# Normalisation: the one factory every conv unit uses, and what derived forms read from it.
 
 
-class ResidualBlock(nn.Module):
-    """Two 3×3 conv/IN layers with an identity skip (Johnson et al., supplementary Fig. 1)."""
+def instance_norm(channels: int) -> nn.Module:
+    """Instance norm with learned per-channel γ/β (Ulyanov et al. 2016); no running stats."""
+    return nn.InstanceNorm2d(channels, affine=True)
 
-    def __init__(self, ch: int):
+
+def norm_params(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(γ (C,), β (C,), eps) of a normalisation layer made by a factory of this file: the
+    affine map every derived form folds the normalised values through."""
+    if isinstance(m, nn.InstanceNorm2d) and m.affine:
+        return m.weight, m.bias, float(m.eps)
+    raise TypeError(f"unsupported normalisation layer {type(m).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages. Class attributes and methods (not properties, which TorchScript would compile) so
+# that ``DeployNet``, which holds them, stays scriptable.
+
+
+class Stage(nn.Module):
+    """A named stage of the network: its ``kind`` tells the derived forms how to convert it."""
+
+    kind = ""
+
+    def units(self) -> list[tuple[str, ConvNormAct]]:
+        """The conv units of a "conv" or "residual" stage, by name, in order."""
+        return []
+
+    def named_norms(self) -> list[tuple[str, nn.Module]]:
+        """Its normalisation layers by name relative to the stage, in forward order."""
+        return []
+
+
+class ConvNormAct(Stage):
+    """Reflection pad k//2 → k×k conv (stride) → norm → ReLU or identity, k odd:
+    (B, Cin, H, W) → (B, Cout, ⌈H / stride⌉, ⌈W / stride⌉); values ≥ 0 after a ReLU.
+
+    Named children ``pad``, ``conv``, ``norm``, ``act``: the unit every derived form knows."""
+
+    kind = "conv"
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        k: int,
+        stride: int = 1,
+        relu: bool = True,
+        norm: NormFactory = instance_norm,
+        groups: int = 1,
+    ):
         super().__init__()
-        self.body = nn.Sequential(
-            ConvLayer(ch, ch, 3),
-            nn.ReflectionPad2d(1),
-            nn.Conv2d(ch, ch, 3),
-            nn.InstanceNorm2d(ch, affine=True),
-        )
+        self.pad = nn.ReflectionPad2d(k // 2)
+        # groups = cin: a depthwise conv (the depthwise-separable blocks of a lighter variant)
+        self.conv = nn.Conv2d(cin, cout, k, stride, groups=groups)
+        self.norm = norm(cout)
+        self.act: nn.Module = nn.ReLU(inplace=True) if relu else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+        return self.act(self.norm(self.conv(self.pad(x))))
+
+    def units(self) -> list[tuple[str, ConvNormAct]]:
+        return [("", self)]
+
+    def named_norms(self) -> list[tuple[str, nn.Module]]:
+        return [("norm", self.norm)]
+
+
+class ResidualBlock(Stage):
+    """Two 3×3 conv/IN units with an identity skip, no ReLU after the second (Johnson et al.,
+    supplementary Fig. 1): (B, C, H, W) → same shape."""
+
+    kind = "residual"
+
+    def __init__(self, ch: int, norm: NormFactory = instance_norm):
+        super().__init__()
+        self.conv1 = ConvNormAct(ch, ch, 3, norm=norm)
+        self.conv2 = ConvNormAct(ch, ch, 3, relu=False, norm=norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(self.conv1(x))
+
+    def units(self) -> list[tuple[str, ConvNormAct]]:
+        """The conv units of the body, in order; the skip adds the block input to the last."""
+        return [("conv1", self.conv1), ("conv2", self.conv2)]
+
+    def named_norms(self) -> list[tuple[str, nn.Module]]:
+        return [(f"{name}.norm", u.norm) for name, u in self.units()]
 
 
 class Upsample2x(nn.Module):
-    """Nearest-neighbour ×2 by reshape/expand.
+    """Nearest-neighbour ×2 by reshape/expand: (B, C, H, W) → (B, C, 2H, 2W).
 
     Exports to ONNX and TorchScript as plain shape ops with dynamic H, W (no ``scale_factor``
     Resize, which several converters mishandle).
@@ -98,30 +198,76 @@ class Upsample2x(nn.Module):
         return x.reshape(b, c, h * 2, w * 2)
 
 
-class UpsampleConv(nn.Sequential):
-    """Nearest ×2 upsample → ConvLayer (replaces the paper's stride-1/2 deconvolution)."""
+class UpsampleConv(Stage):
+    """Nearest ×2 upsample (``up``) → 3×3 ``ConvNormAct`` (``layer``); replaces the paper's
+    stride-1/2 deconvolution. (B, Cin, H, W) → (B, Cout, 2H, 2W), values ≥ 0."""
 
-    def __init__(self, cin: int, cout: int):
-        super().__init__(Upsample2x(), ConvLayer(cin, cout, 3))
+    kind = "upsample"
+
+    def __init__(self, cin: int, cout: int, norm: NormFactory = instance_norm):
+        super().__init__()
+        self.up = Upsample2x()
+        self.layer = ConvNormAct(cin, cout, 3, norm=norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(self.up(x))
+
+    def named_norms(self) -> list[tuple[str, nn.Module]]:
+        return [("layer.norm", self.layer.norm)]
+
+
+class OutputConv(Stage):
+    """Reflection pad k//2 → k×k conv to RGB, no norm: (B, C, H, W) → (B, 3, H, W) logits
+    (``TransformerNet`` maps them into [0, 1] with its scaled tanh)."""
+
+    kind = "output"
+
+    def __init__(self, cin: int, cout: int = 3, k: int = 9):
+        super().__init__()
+        self.pad = nn.ReflectionPad2d(k // 2)
+        self.conv = nn.Conv2d(cin, cout, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.pad(x))
+
+
+def stage_group(prefix: str, stages: Sequence[nn.Module]) -> nn.Sequential:
+    """Stages as an ``nn.Sequential`` whose children are named ``prefix1``, ``prefix2``, …"""
+    return nn.Sequential(OrderedDict((f"{prefix}{i + 1}", s) for i, s in enumerate(stages)))
 
 
 class TransformerNet(nn.Module):
     """Image (B, 3, H, W) in [0, 1] → stylised image (B, 3, H, W) in [0, 1], for any H, W ≥ 1.
 
     Default widths 32/64/128 are the paper's (``model=johnson``); ``model=slim`` halves them.
+    Stages (module docstring): ``encoder`` (conv1: 9×9 to c1; conv2, conv3: 3×3 stride 2 to
+    c2, c3), ``residuals`` (res1 … resN at c3, 1/4 resolution), ``decoder`` (up1 to c2, up2 to
+    c1) and ``output`` (9×9 to RGB).
     """
 
-    def __init__(self, channels: Sequence[int] = (32, 64, 128), num_residual: int = 5):
+    def __init__(
+        self,
+        channels: Sequence[int] = (32, 64, 128),
+        num_residual: int = 5,
+        norm: NormFactory = instance_norm,
+    ):
         super().__init__()
-        c1, c2, c3 = channels
-        self.config = TransformerConfig(tuple(int(c) for c in channels), int(num_residual))
-        self.encoder = nn.Sequential(
-            ConvLayer(3, c1, 9), ConvLayer(c1, c2, 3, stride=2), ConvLayer(c2, c3, 3, stride=2)
+        widths = cast("tuple[int, int, int]", tuple(int(c) for c in channels))  # length checked
+        self.config = TransformerConfig(widths, int(num_residual))
+        c1, c2, c3 = self.config.channels
+        # Registration order = parameter order: the same as the positional layout of format
+        # version 1, so optimizer states of old checkpoints still line up.
+        self.encoder = stage_group(
+            "conv",
+            [
+                ConvNormAct(3, c1, 9, norm=norm),
+                ConvNormAct(c1, c2, 3, stride=2, norm=norm),
+                ConvNormAct(c2, c3, 3, stride=2, norm=norm),
+            ],
         )
-        self.residuals = nn.Sequential(*[ResidualBlock(c3) for _ in range(num_residual)])
-        self.decoder = nn.Sequential(
-            UpsampleConv(c3, c2), UpsampleConv(c2, c1), ConvLayer(c1, 3, 9, norm_act=False)
-        )
+        self.residuals = stage_group("res", [ResidualBlock(c3, norm) for _ in range(num_residual)])
+        self.decoder = stage_group("up", [UpsampleConv(c3, c2, norm), UpsampleConv(c2, c1, norm)])
+        self.output = OutputConv(c1, 3, 9)
 
     @classmethod
     def from_config(cls, cfg: TransformerConfig | dict) -> TransformerNet:
@@ -131,8 +277,87 @@ class TransformerNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, size = pad_to_multiple(x, SIZE_MULTIPLE, MIN_SIZE)
-        y = self.decoder(self.residuals(self.encoder(x)))
+        y = self.output(self.decoder(self.residuals(self.encoder(x))))
         # Scaled tanh (Johnson et al. §3: "scaled tanh to ensure the output image has pixels in
         # the range [0, 255]"); here mapped onto fast_style's [0, 1] range.
         y = 0.5 * (torch.tanh(y) + 1.0)
         return crop_to(y, size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Walking the description (TransformerNet and every derived form with the same groups).
+
+
+def named_stages(net: nn.Module) -> list[tuple[str, Stage]]:
+    """(qualified name, stage) of every stage, in forward order: ``encoder.conv1``, …,
+    ``residuals.resN``, ``decoder.up1``, ``decoder.up2``, ``output``. ``net`` is a
+    ``TransformerNet`` or a derived form that keeps its groups (``DeployNet``)."""
+    try:
+        groups = [(g, getattr(net, g)) for g in STAGE_GROUPS]
+        stages: list[tuple[str, object]] = [
+            (f"{g}.{n}", s) for g, group in groups for n, s in group.named_children()
+        ]
+        stages.append(("output", net.output))
+    except AttributeError:
+        raise TypeError(
+            f"{type(net).__name__} is not a transform network (no {'/'.join(STAGE_GROUPS)}/output "
+            "stages)"
+        ) from None
+    for name, stage in stages:
+        if not isinstance(stage, Stage) or not stage.kind:
+            raise TypeError(f"stage {name} ({type(stage).__name__}) is not a Stage with a kind")
+    return cast("list[tuple[str, Stage]]", stages)
+
+
+def named_norms(net: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(qualified name, layer) of every normalisation layer, in forward order; e.g.
+    ``encoder.conv1.norm``, ``residuals.res1.conv2.norm``, ``decoder.up2.layer.norm``."""
+    return [
+        (f"{name}.{sub}", m) for name, stage in named_stages(net) for sub, m in stage.named_norms()
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Model files of format version 1: positional nn.Sequential keys.
+
+T = TypeVar("T")
+
+_LEGACY_KEYS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
+    (re.compile(p), f)
+    for p, f in [
+        (r"encoder\.([0-2])\.1\.", lambda m: f"encoder.conv{int(m[1]) + 1}.conv."),
+        (r"encoder\.([0-2])\.2\.", lambda m: f"encoder.conv{int(m[1]) + 1}.norm."),
+        (r"residuals\.(\d+)\.body\.0\.1\.", lambda m: f"residuals.res{int(m[1]) + 1}.conv1.conv."),
+        (r"residuals\.(\d+)\.body\.0\.2\.", lambda m: f"residuals.res{int(m[1]) + 1}.conv1.norm."),
+        (r"residuals\.(\d+)\.body\.2\.", lambda m: f"residuals.res{int(m[1]) + 1}.conv2.conv."),
+        (r"residuals\.(\d+)\.body\.3\.", lambda m: f"residuals.res{int(m[1]) + 1}.conv2.norm."),
+        (r"decoder\.([01])\.1\.1\.", lambda m: f"decoder.up{int(m[1]) + 1}.layer.conv."),
+        (r"decoder\.([01])\.1\.2\.", lambda m: f"decoder.up{int(m[1]) + 1}.layer.norm."),
+        (r"decoder\.2\.1\.", lambda m: "output.conv."),
+    ]
+]
+
+
+def upgrade_key(key: str) -> str:
+    """Today's name of a format-1 (positional) parameter name; other names unchanged.
+    ``encoder.0.1.weight`` → ``encoder.conv1.conv.weight``, ``decoder.2.1.bias`` →
+    ``output.conv.bias``, ``residuals.0.body.3.weight`` → ``residuals.res1.conv2.norm.weight``."""
+    for pattern, new in _LEGACY_KEYS:
+        m = pattern.match(key)
+        if m is not None and key[m.end() :] in ("weight", "bias"):
+            return new(m) + key[m.end() :]
+    return key
+
+
+def upgrade_state_dict(state: Mapping[str, T], prefix: str = "") -> dict[str, T]:
+    """``state`` with every positional key under ``prefix`` (``""`` for a bare network,
+    ``"net."`` or ``"extra_nets.1."`` inside a Lightning checkpoint) renamed to today's; other
+    keys, and keys already in today's layout, pass unchanged (so it is idempotent). Order kept.
+    Raises ``ValueError`` when two keys would collide (a mix of both layouts)."""
+    out: dict[str, T] = {}
+    for key, value in state.items():
+        new = prefix + upgrade_key(key[len(prefix) :]) if key.startswith(prefix) else key
+        if new in out:
+            raise ValueError(f"state dict holds both {key!r} and {new!r}")
+        out[new] = value
+    return out

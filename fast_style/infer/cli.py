@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
+from tqdm import tqdm
 
 from fast_style.core.imaging import (
     DEFAULT_MAX_PIXELS,
@@ -51,6 +52,7 @@ from fast_style.core.imaging import (
 )
 from fast_style.core.model_io import ModelFileError, find_models, read_checkpoint, read_safetensors
 from fast_style.core.resources import default_photo, model_dirs
+from fast_style.infer.allocator import tune_malloc
 from fast_style.infer.backends import BACKENDS
 from fast_style.infer.stylizer import Stylizer
 
@@ -86,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
         "sub-folders are followed, each real folder once. Exit status: 0 all images written, "
         "1 some images failed (each reported), 2 a usage error.",
     )
+    _add_io_options(p)
+    _add_look_options(p)
+    _add_size_options(p)
+    _add_execution_options(p)
+    return p
+
+
+def _add_io_options(p: argparse.ArgumentParser) -> None:
+    """Model, inputs, outputs."""
     p.add_argument(
         "--model",
         default=DEFAULT_MODEL,
@@ -113,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="extra folder searched for style names (repeatable)",
     )
+
+
+def _add_look_options(p: argparse.ArgumentParser) -> None:
+    """Strength, colour, mask."""
     g = p.add_argument_group("look")
     g.add_argument(
         "--strength",
@@ -137,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="greyscale mask: white = styled, black = photo; any resolution, but each image's "
         "aspect ratio (within 2%%): an image it does not fit fails",
     )
+
+
+def _add_size_options(p: argparse.ArgumentParser) -> None:
+    """Downscaling, tiling and the pixel limit."""
     g = p.add_argument_group("size")
     g.add_argument("--max-size", type=int, metavar="N", help="downscale the long side to N first")
     g.add_argument("--tile", type=int, metavar="N", help="stylise in N×N tiles (huge images)")
@@ -150,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
         f"{DEFAULT_MAX_PIXELS} = {DEFAULT_MAX_PIXELS / 1e6:g} MP; 2e8 works); the only pixel "
         "limit: Pillow's own is lifted",
     )
+
+
+def _add_execution_options(p: argparse.ArgumentParser) -> None:
+    """Output format, device, backend, precision, batching."""
     g = p.add_argument_group("output")
     g.add_argument(
         "--ext",
@@ -181,7 +204,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--batch-size", type=int, default=4, help="images per batch (same size only)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    return p
 
 
 def _pixel_count(text: str) -> int:
@@ -431,36 +453,26 @@ def list_models(dirs: Sequence[Path]) -> list[str]:
 
 
 class _Progress:
-    """tqdm when installed (it is optional), else a plain counter on stderr."""
+    """A tqdm bar of images on stderr (none for a single image or with ``--quiet``);
+    messages are written above it."""
 
     def __init__(self, total: int, enabled: bool):
-        self.total, self.done, self.bar = total, 0, None
-        self.enabled = enabled and total > 1
-        if self.enabled:
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True)
-            except ImportError:
-                pass
+        self.bar = tqdm(
+            total=total,
+            unit="img",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            disable=not enabled or total < 2,
+        )
 
     def update(self, n: int = 1) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-        elif self.enabled:
-            end = "\n" if self.done >= self.total else ""
-            print(f"\r{self.done}/{self.total} images", end=end, file=sys.stderr, flush=True)
+        self.bar.update(n)
 
     def message(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.write(text, file=sys.stderr)
-        else:
-            print(("\n" if self.enabled and self.done else "") + text, file=sys.stderr)
+        self.bar.write(text, file=sys.stderr)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()
 
 
 def _batches(jobs: list[Job], size: int) -> Iterator[list[Job]]:
@@ -507,8 +519,9 @@ def run_jobs(
                     progress.message(f"error: {job.src}: --mask {args.mask}: {e}")
                     failed += 1
                     progress.update()
+            results: list[Image.Image | None]
             try:
-                results = stylizer.stylize_images([im for _, im in loaded], **opts)
+                results = list(stylizer.stylize_images([im for _, im in loaded], **opts))
             except (RuntimeError, ValueError):  # e.g. out of memory: isolate per image
                 results = [None] * len(loaded)
             for (job, im), out in zip(loaded, results, strict=True):
@@ -530,10 +543,10 @@ def _plan(args: argparse.Namespace) -> tuple[list[Job], int, Image.Image | None]
     of input errors, mask)``. Exits with status 2 on a usage error."""
     notes: list[str] = []
     inputs, errors = expand_inputs(args.input, notes)
+    if not inputs:  # one line: the reason, or the reasons joined
+        _usage_exit("; ".join(errors) or "no input images found")
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
-    if not inputs:
-        _usage_exit("no input images found")
     try:
         jobs = plan_outputs(inputs, args.output, args.ext, notes)
         mask = open_image(args.mask, args.max_pixels, MAX_PIXELS_HINT) if args.mask else None
@@ -570,8 +583,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except (ModelFileError, ValueError) as e:
         parser.exit(2, f"error: {e}\n")
-    if args.half and stylizer.device.type == "cpu":
-        print("note: --half is ignored on CPU (fp32 is faster there)", file=sys.stderr)
+    if stylizer.device.type == "cpu":
+        tune_malloc()  # reuse freed activations across images (fast_style.infer.allocator)
+        if args.half:
+            print("note: --half is ignored on CPU (fp32 is faster there)", file=sys.stderr)
     start = time.perf_counter()
     written, failed = run_jobs(stylizer, jobs, args, mask)
     failed += input_errors

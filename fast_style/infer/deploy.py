@@ -2,20 +2,36 @@
 
 Used by every CPU backend and by the ONNX and TorchScript exports; ``FrozenNormNet`` is its
 form with every instance norm frozen to given statistics (the tiles of tiled inference).
+
+Both walk the network's named stages (``fast_style.core.network.named_stages``) and convert
+each by its ``kind``: "conv" and "residual" stages are shared as they are, "upsample" becomes
+``SubPixelConvLayer`` and "output" ``RowSplitConv``. The result keeps the stage names, so
+``named_norms`` lists the same layers under the same names for ``TransformerNet`` and
+``DeployNet``.
 """
 
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fast_style.core.network import SIZE_MULTIPLE, TransformerNet
+from fast_style.core.network import (
+    SIZE_MULTIPLE,
+    OutputConv,
+    Stage,
+    TransformerNet,
+    UpsampleConv,
+    named_norms,
+    named_stages,
+    norm_params,
+)
 
 NORM_INPUT_NAME = "norm_affine"  # FrozenNormNet's second input (ONNX name too)
-DEPLOY_VERSION = 3  # bump when DeployNet's graph changes (invalidates cached exports)
+DEPLOY_VERSION = 4  # bump when DeployNet's graph changes (invalidates cached exports)
 
 
 def _phase_kernels(k: torch.Tensor) -> torch.Tensor:
@@ -34,23 +50,45 @@ def _phase_kernels(k: torch.Tensor) -> torch.Tensor:
     return torch.stack(out).to(k.dtype)
 
 
-class SubPixelConvLayer(nn.Module):
-    """``UpsampleConv`` (nearest ×2 → reflect pad → 3×3 conv → IN → ReLU) computed at low
-    resolution: the 4 phase convs with 2×2 kernels (16 instead of 36 multiply-adds per input
-    pixel and channel pair) run as *one* conv to 4 · Cout channels over the replicate-padded
-    input; phase (a, b) is that output shifted by (a, b). One conv over the whole input instead
-    of four over shifted input slices moves half the bytes (the shifts act on Cout rather than
+class SubPixelConvLayer(Stage):
+    """An "upsample" stage (``UpsampleConv``: nearest ×2 → reflect pad 1 → 3×3 conv → norm →
+    act) computed at low resolution: (B, Cin, h, w) → (B, Cout, 2h, 2w), the same values.
+
+    The 4 phase convs with 2×2 kernels (16 instead of 36 multiply-adds per input pixel and
+    channel pair) run as *one* conv to 4 · Cout channels over the replicate-padded input;
+    phase (a, b) is that output shifted by (a, b). One conv over the whole input instead of
+    four over shifted input slices moves half the bytes (the shifts act on Cout rather than
     Cin = 2 · Cout channels) and needs one layout reorder instead of four in ONNX Runtime.
 
     The phases are interleaved by two stacks and free reshapes (columns within each row
     phase, then the two row phases) rather than ``pixel_shuffle``: ONNX Runtime's
     ``DepthToSpace`` was the slowest copy of the network (A/B in docs/benchmarks.md). Same
-    result."""
+    result. The norm and activation are the stage's own modules (shared, not copied)."""
 
-    def __init__(self, up: nn.Module):
+    kind = "upsample"
+
+    def __init__(self, stage: UpsampleConv):
         super().__init__()
-        _, layer = up  # (Upsample2x, ConvLayer(pad, conv, norm, act))
-        _, conv, self.norm, self.act = layer
+        unit = stage.layer
+        conv = unit.conv
+        pad = unit.pad.padding if isinstance(unit.pad, nn.ReflectionPad2d) else None
+        if (
+            pad != (1, 1, 1, 1)
+            or conv.kernel_size != (3, 3)
+            or conv.stride != (1, 1)
+            or conv.groups != 1
+            or conv.dilation != (1, 1)
+            or conv.bias is None
+        ):
+            raise NotImplementedError(
+                "SubPixelConvLayer needs nearest x2 → reflect pad 1 → 3x3 conv (stride 1, one "
+                "group, with bias)"
+            )
+        self.norm, self.act = unit.norm, unit.act
+        # Buffers, declared for the type checker (not as class annotations: TorchScript would
+        # read those and cannot resolve them under postponed evaluation).
+        self.weight: torch.Tensor
+        self.bias: torch.Tensor
         # (4 · Cout, Cin, 2, 2), phase-major: a 4-D buffer, so .to(channels_last) works.
         self.register_buffer("weight", _phase_kernels(conv.weight).flatten(0, 1))
         self.register_buffer("bias", conv.bias.detach().repeat(4))
@@ -70,22 +108,42 @@ class SubPixelConvLayer(nn.Module):
         up = torch.stack(rows, 3).reshape(y.shape[0], co, 2 * h, 2 * w)
         return self.act(self.norm(up))
 
+    def named_norms(self) -> list[tuple[str, nn.Module]]:
+        return [("layer.norm", self.norm)]  # named as in the UpsampleConv it derives from
 
-class RowSplitConv(nn.Module):
-    """The output layer (reflect pad 4 → 9×9 conv to 3 channels) as a 1×9 conv to 3 · 9
-    channels, one per (output channel, kernel row), followed by the sum of the 9 row-shifted
-    slices. A 3-channel output wastes most lanes of a SIMD conv kernel (MLAS and oneDNN block
-    output channels by 8 or 16) and made this layer the slowest of the network; 27 channels fill
-    them. Same multiply-adds, same result (measured 4× faster in ONNX Runtime)."""
+
+class RowSplitConv(Stage):
+    """The "output" stage (``OutputConv``: reflect pad k//2 → k×k conv to 3 channels) as a
+    1×k conv to 3 · k channels, one per (output channel, kernel row), followed by the sum of
+    the k row-shifted slices: (B, C, H, W) → (B, 3, H, W) logits, the same values. A 3-channel
+    output wastes most lanes of a SIMD conv kernel (MLAS and oneDNN block output channels by 8
+    or 16) and made this layer the slowest of the network; 27 channels fill them. Same
+    multiply-adds, same result (measured 4× faster in ONNX Runtime)."""
 
     __constants__ = ("pad", "rows", "cout")
+    kind = "output"
 
-    def __init__(self, layer: nn.Module):
+    def __init__(self, stage: OutputConv):
         super().__init__()
-        pad, conv = layer
+        conv = stage.conv
         k = conv.weight.detach()  # (Cout, Cin, kh, kw)
         self.cout, cin, self.rows, kw = k.shape
-        self.pad = int(pad.padding[0])
+        self.pad = int(stage.pad.padding[0])
+        if (
+            not isinstance(stage.pad, nn.ReflectionPad2d)
+            or tuple(stage.pad.padding) != (self.pad,) * 4
+            or (self.rows, kw) != (2 * self.pad + 1,) * 2
+            or conv.stride != (1, 1)
+            or conv.groups != 1
+            or conv.dilation != (1, 1)
+            or conv.bias is None
+        ):
+            raise NotImplementedError(
+                "RowSplitConv needs reflect pad k//2 → k×k conv, k odd (stride 1, one group, "
+                "with bias)"
+            )
+        self.weight: torch.Tensor  # buffers, declared for the type checker (SubPixelConvLayer)
+        self.bias: torch.Tensor
         # channel o * rows + dy holds kernel row dy of output channel o
         self.register_buffer("weight", k.permute(0, 2, 1, 3).reshape(-1, cin, 1, kw).contiguous())
         bias = torch.zeros(self.cout, self.rows, dtype=k.dtype)
@@ -103,6 +161,27 @@ class RowSplitConv(nn.Module):
         return out
 
 
+# The deployed form of each stage kind; kinds not listed run as they are (shared modules).
+_SHARED_KINDS = ("conv", "residual")
+
+
+def deploy_stage(name: str, stage: Stage) -> Stage:
+    """The deployed form of one named stage, by its ``kind``."""
+    if stage.kind == "upsample" and isinstance(stage, UpsampleConv):
+        return SubPixelConvLayer(stage)
+    if stage.kind == "output" and isinstance(stage, OutputConv):
+        return RowSplitConv(stage)
+    if stage.kind in _SHARED_KINDS:
+        return stage
+    raise NotImplementedError(f"stage {name}: no deployed form for kind {stage.kind!r}")
+
+
+def _deploy_group(stages: list[tuple[str, Stage]], group: str) -> nn.Sequential:
+    """The deployed stages of ``group`` (``encoder``, …), under their names."""
+    picked = [(name, s) for name, s in stages if name.startswith(group + ".")]
+    return nn.Sequential(OrderedDict((n.split(".", 1)[1], deploy_stage(n, s)) for n, s in picked))
+
+
 class DeployNet(nn.Module):
     """``TransformerNet`` re-parameterised for inference and export: equal outputs (to float
     rounding), (B, 3, H ≥ 8, W ≥ 8) in [0, 1] → same shape.
@@ -113,26 +192,28 @@ class DeployNet(nn.Module):
       no upsampled tensor, no ``Resize``/``Upsample`` op and 12% fewer FLOPs in total;
     * the output conv runs as ``RowSplitConv``.
 
-    Encoder, residual blocks and instance norms are *shared* with ``net`` (not copied), so
-    code that patches the instance norms (tiled inference) sees them in the same order. The
-    derived weights are a snapshot: rebuild after changing ``net``'s weights.
+    Same groups and stage names as ``net`` (``named_stages``). The "conv" and "residual" stages
+    and every norm are *shared* with ``net`` (not copied), so code that patches the norms
+    (tiled inference) patches both. The derived weights are a snapshot: rebuild after changing
+    ``net``'s weights.
     """
 
     __constants__ = ("multiple",)  # TorchScript: a constant, not a Python global
 
     def __init__(self, net: TransformerNet):
         super().__init__()
-        self.encoder, self.residuals = net.encoder, net.residuals
-        up1, up2, out = net.decoder
-        self.up1, self.up2 = SubPixelConvLayer(up1), SubPixelConvLayer(up2)
-        self.out = RowSplitConv(out)
+        stages = named_stages(net)
+        self.encoder = _deploy_group(stages, "encoder")
+        self.residuals = _deploy_group(stages, "residuals")
+        self.decoder = _deploy_group(stages, "decoder")
+        self.output = deploy_stage("output", stages[-1][1])
         self.multiple = SIZE_MULTIPLE
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2], x.shape[-1]
         # imaging.pad_to_multiple's padding for H, W ≥ 8 (reflect, bottom/right), branch-free.
         x = F.pad(x, (0, (-w) % self.multiple, 0, (-h) % self.multiple), mode="reflect")
-        y = self.out(self.up2(self.up1(self.residuals(self.encoder(x)))))
+        y = self.output(self.decoder(self.residuals(self.encoder(x))))
         y = 0.5 * (torch.tanh(y) + 1.0)  # TransformerNet's scaled tanh
         return y[:, :, :h, :w]
 
@@ -144,36 +225,46 @@ class _AffineHolder:
 
 
 class _FrozenNorm(nn.Module):
-    """An instance norm replaced by the per-channel affine map ``x * scale + shift`` whose
-    parameters are columns ``offset … offset + C`` of the ``norm_affine`` input."""
+    """A norm replaced by the per-channel affine map ``x * scale + shift`` whose parameters
+    are columns ``offset … offset + C`` of the ``norm_affine`` input."""
 
     def __init__(self, holder: _AffineHolder, offset: int, channels: int):
         super().__init__()
         self.holder, self.offset, self.channels = holder, offset, channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.holder.affine is None:
+            raise RuntimeError("a frozen norm runs only inside FrozenNormNet's forward")
         p = self.holder.affine[:, self.offset : self.offset + self.channels]
         return x * p[0].reshape(1, -1, 1, 1) + p[1].reshape(1, -1, 1, 1)
 
 
 class FrozenNormNet(nn.Module):
-    """``DeployNet`` with every instance norm frozen to given statistics, for tiled inference
-    in ONNX Runtime: ``forward(image (B, 3, H, W), norm_affine (2, ΣC))``. Row 0 of
-    ``norm_affine`` holds the scales, row 1 the shifts, instance-norm layers in module order
-    (``fast_style.infer.stylizer.pack_norm_affine`` builds it from recorded statistics)."""
+    """``DeployNet`` with every norm frozen to given statistics, for tiled inference in ONNX
+    Runtime: ``forward(image (B, 3, H, W), norm_affine (2, ΣC))``. Row 0 of ``norm_affine``
+    holds the scales, row 1 the shifts, one block of C columns per layer in ``named_norms``
+    order (``norm_names``; ``fast_style.infer.tiling.pack_norm_affine`` builds it)."""
 
     def __init__(self, net: TransformerNet):
         super().__init__()
         self.deploy = DeployNet(copy.deepcopy(net).float().cpu().eval()).eval()
         self.holder = _AffineHolder()
+        frozen: dict[int, _FrozenNorm] = {}
+        self.norm_names: list[str] = []
         offset = 0
-        for name, m in list(self.deploy.named_modules()):
-            if isinstance(m, nn.InstanceNorm2d):
-                parent_name, _, child = name.rpartition(".")
-                parent = self.deploy.get_submodule(parent_name)
-                setattr(parent, child, _FrozenNorm(self.holder, offset, m.num_features))
-                offset += m.num_features
+        for name, m in named_norms(self.deploy):
+            channels = norm_params(m)[0].numel()
+            frozen[id(m)] = _FrozenNorm(self.holder, offset, channels)
+            self.norm_names.append(name)
+            offset += channels
         self.total_channels = offset
+        # Swap by identity (the layers named_norms found), wherever they sit in the modules.
+        for name, m in list(self.deploy.named_modules()):
+            if id(m) in frozen:
+                parent_name, _, child = name.rpartition(".")
+                setattr(self.deploy.get_submodule(parent_name), child, frozen.pop(id(m)))
+        if frozen:
+            raise RuntimeError("FrozenNormNet: some norms were not found among the modules")
 
     def forward(self, x: torch.Tensor, norm_affine: torch.Tensor) -> torch.Tensor:
         self.holder.affine = norm_affine

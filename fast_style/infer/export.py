@@ -62,9 +62,10 @@ def to_onnx_bytes(
     example: tuple[torch.Tensor, ...] = (torch.rand(1, 3, 64, 64),)
     names = [INPUT_NAME]
     if frozen_norms:
-        module: nn.Module = FrozenNormNet(net)
-        example += (torch.rand(2, module.total_channels),)
+        frozen = FrozenNormNet(net)
+        example += (torch.rand(2, frozen.total_channels),)
         names.append(NORM_INPUT_NAME)
+        module: nn.Module = frozen
     else:
         module = DeployNet(copy.deepcopy(net).float().cpu().eval())
     module = module.eval()
@@ -75,7 +76,7 @@ def to_onnx_bytes(
             torch.onnx.export(
                 module,
                 example,
-                buf,
+                buf,  # type: ignore[arg-type]  # the TorchScript exporter writes file objects too
                 input_names=names,
                 output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
@@ -100,6 +101,8 @@ def to_onnx_bytes(
             dynamo=True,
             verbose=False,
         )
+        if prog is None:
+            raise RuntimeError("torch.onnx.export (dynamo) returned no program")
         return prog.model_proto.SerializeToString()
 
 

@@ -1,20 +1,15 @@
 """One-pass stylisation of tensors and images of any size: the engine behind the CLI and the server.
 
 ``Stylizer`` loads a model (``.ckpt``, ``.safetensors``, a bare style name or a live
-``TransformerNet``), picks a device and a backend, and applies the network plus the optional
-post-processing: colour preservation (``fast_style.core.color``), a strength blend and a soft mask.
+``TransformerNet``), picks a device and a backend (``fast_style.infer.backends``), and applies
+the network plus the optional post-processing (``fast_style.infer.postprocess``: colour
+preservation, a strength blend and a soft mask). Images too large for memory, or above
+``AUTO_TILE_PIXELS``, are tiled (``fast_style.infer.tiling``).
 
-On CPU all backends run ``fast_style.infer.export.DeployNet``, the network re-parameterised for speed
-(same outputs); on GPUs the plain network is faster and is used. Backends (``backend=``):
-``eager`` PyTorch (channels_last by default), ``compile`` (``torch.compile``), ``onnxruntime``
-(the ONNX export, cached on disk by weight hash, run by ONNX Runtime with all graph
-optimisations; tiles of tiled inference use a second export whose instance norms take the
-frozen statistics as an input), ``fused`` (CPU: PyTorch's convolutions with the layers between
-them fused into C kernels compiled at first use, ``fast_style.infer.backends.fused``). ``auto`` picks, on
-CPU, ``fused`` when a C compiler can build it, else ONNX Runtime when it is installed, else
-PyTorch (the fastest first, see docs/benchmarks.md); on GPUs, PyTorch. On CPU, ``Stylizer``
-also raises glibc's malloc thresholds (``fast_style.infer.backends.fused.tune_malloc``, process-wide) so
-that large activations are reused rather than page-faulted in again for every image.
+On CPU every backend runs ``fast_style.infer.deploy.DeployNet``, the network re-parameterised
+for speed (same outputs); on GPUs the plain network is faster and is used. Constructing a
+``Stylizer`` changes no process-wide state; the command-line tools and the server tune the
+allocator for CPU inference once (``fast_style.infer.allocator.tune_malloc``).
 """
 
 from __future__ import annotations
@@ -45,8 +40,8 @@ from fast_style.core.imaging import (
 from fast_style.core.model_io import describe, load_model, resolve_model
 from fast_style.core.network import MIN_SIZE, SIZE_MULTIPLE, TransformerNet
 from fast_style.core.resources import model_dirs
-from fast_style.infer.backends import BACKENDS
-from fast_style.infer.backends.ort import OrtRunner, onnxruntime_available
+from fast_style.infer.backends import pick_backend
+from fast_style.infer.backends.ort import OrtRunner
 from fast_style.infer.deploy import DeployNet
 from fast_style.infer.postprocess import PostProcess, attach_alpha, check_strength, feather_mask
 from fast_style.infer.tiling import (
@@ -60,8 +55,29 @@ from fast_style.infer.tiling import (
     thumbnail_size,
 )
 
+Runner = Callable[..., torch.Tensor]  # (B, 3, H, W) [, norm_affine] → (B, 3, H, W)
 AUTO_TILE_PIXELS = 2048 * 2048  # stylize_image tiles larger images even without tile=
 AUTO_TILE = 1024
+
+
+def _load(
+    model: str | os.PathLike | TransformerNet, meta: dict | None, search_dirs: list | None
+) -> tuple[TransformerNet, dict[str, Any], Path | None]:
+    """(network, metadata, file) of a model file, a bare style name or a live network."""
+    if isinstance(model, TransformerNet):
+        return model, dict(meta or describe(model, style="unnamed")), None
+    path = resolve_model(model, model_dirs(search_dirs or []))
+    net, file_meta = load_model(path, "cpu")
+    return net, {**file_meta, **(meta or {})}, path
+
+
+def _row_writer(out: torch.Tensor, b: int) -> Callable[[int, int, torch.Tensor], None]:
+    """Writes finished rows ``y0:y1`` of image ``b`` of ``out`` (B, 3, H, W)."""
+
+    def write(y0: int, y1: int, rows: torch.Tensor) -> None:
+        out[b : b + 1, :, y0:y1].copy_(rows)
+
+    return write
 
 
 def _half_dtype(half: bool | str, device: torch.device) -> torch.dtype | None:
@@ -79,10 +95,11 @@ class Stylizer:
     """A loaded style model ready to stylise tensors or PIL images.
 
     ``model``: a path (``.ckpt``/``.safetensors``), a bare style name looked up in
-    ``search_dirs`` (then ``fast_style.core.resources.model_dirs``), or a ``TransformerNet`` (with ``meta``).
+    ``search_dirs`` (then ``fast_style.core.resources.model_dirs``), or a ``TransformerNet``
+    (with ``meta``).
     ``half``: fp16 (``True``/``"fp16"``) or ``"bf16"`` autocast on GPU; ignored on CPU.
-    ``backend``: ``auto`` | ``eager`` | ``compile`` | ``onnxruntime`` | ``fused`` (see the module
-    docstring).
+    ``backend``: ``auto`` | ``eager`` | ``compile`` | ``onnxruntime`` | ``fused``
+    (``fast_style.infer.backends``).
     Thread-safe: PyTorch forwards are serialised with a lock.
     """
 
@@ -97,24 +114,14 @@ class Stylizer:
         backend: str = "auto",
         stats_pixels: int = STATS_PIXELS,
     ):
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
         self.device = resolve_device(device)
-        if isinstance(model, TransformerNet):
-            net, self.meta = model, dict(meta or describe(model, style="unnamed"))
-            self.path: Path | None = None
-        else:
-            self.path = resolve_model(model, model_dirs(search_dirs or []))
-            net, self.meta = load_model(self.path, "cpu")
-            if meta:
-                self.meta.update(meta)
+        self.backend = pick_backend(backend, self.device.type)
+        net, self.meta, self.path = _load(model, meta, search_dirs)
         self.net: TransformerNet = net.float().eval().requires_grad_(False).to(self.device)
-        # The network as run. CPU: DeployNet, the same function re-parameterised for speed (see
-        # fast_style.infer.export); it shares the instance norms with self.net, so tiled inference can
-        # patch them. GPU: the plain network, faster than DeployNet on an H100 at 1920x1080 with
-        # bf16 weights (7.3 vs 9.2 ms compiled; 28.3 vs 29.6 ms of kernel time eager): cuDNN
-        # has no tensor-core kernel for DeployNet's 27-channel row-split output conv
-        # (docs/benchmarks.md).
+        # The network as run. CPU: DeployNet, the same function re-parameterised for speed; it
+        # shares the instance norms with self.net, so tiled inference can patch them. GPU: the
+        # plain network, faster there (cuDNN has no tensor-core kernel for DeployNet's
+        # 27-channel row-split output conv; docs/benchmarks.md).
         plain = self.device.type != "cpu"
         self.deploy: nn.Module = (self.net if plain else DeployNet(self.net)).eval()
         self.channels_last = channels_last
@@ -123,45 +130,24 @@ class Stylizer:
         self.dtype = _half_dtype(half, self.device)
         self.stats_pixels = stats_pixels
         self._lock = threading.RLock()
-        self.backend = self._pick_backend(backend)
-        if self.device.type == "cpu":
-            from fast_style.infer.backends.fused import tune_malloc
+        self._runner, self._tile_runner = self._make_runners()
 
-            # Every CPU backend reuses large freed activations instead of page-faulting them back
-            # in (fused_cpu.tune_malloc: up to 30% of an eager forward here).
-            tune_malloc()
-        self._runner: Callable[[torch.Tensor], torch.Tensor] = self._torch_forward
-        self._tile_runner: Callable[..., torch.Tensor] | None = None  # for tiled images
+    def _make_runners(
+        self,
+    ) -> tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor] | None]:
+        """The forward of the chosen backend, and the one that takes frozen statistics for the
+        tiles of tiled inference (None: built on first use, or PyTorch's frozen norms)."""
         if self.backend == "onnxruntime":
-            self._runner = OrtRunner(self.net)
-        elif self.backend == "fused":
+            return OrtRunner(self.net), None
+        if self.backend == "fused":
             from fast_style.infer.backends.fused import FusedRunner
 
-            # the same runner takes the frozen statistics of tiled inference
-            self._runner = self._tile_runner = FusedRunner(self.net)
-        elif self.backend == "compile":
+            runner = FusedRunner(self.net)  # it takes the frozen statistics too
+            return runner, runner
+        if self.backend == "compile":
             self._compiled = torch.compile(self.deploy, dynamic=True)
-            self._runner = self._compiled_forward
-
-    def _pick_backend(self, backend: str) -> str:
-        from fast_style.infer.backends.fused import fused_available, unavailable_reason
-
-        cpu = self.device.type == "cpu"
-        if backend == "auto":
-            if cpu and fused_available():
-                return "fused"
-            return "onnxruntime" if cpu and onnxruntime_available() else "eager"
-        if backend == "fused":
-            if not cpu:
-                raise ValueError("backend 'fused' runs on CPU only (use --device cpu)")
-            if not fused_available():
-                raise ValueError(f"backend 'fused' is unavailable here: {unavailable_reason()}")
-        if backend == "onnxruntime":
-            if self.device.type != "cpu":
-                raise ValueError("backend 'onnxruntime' runs on CPU only (use --device cpu)")
-            if not onnxruntime_available():
-                raise ValueError("backend 'onnxruntime' needs: pip install 'fast_style[export]'")
-        return backend
+            return self._compiled_forward, None
+        return self._torch_forward, None
 
     @property
     def style(self) -> str:
@@ -227,14 +213,7 @@ class Stylizer:
                 th, tw = thumbnail_size((h, w), self.stats_pixels)
                 if (th, tw) != (h, w):
                     thumb = F.interpolate(thumb, size=(th, tw), mode="bilinear", antialias=True)
-                self._stylize_tiled(
-                    xb,
-                    thumb.clamp(0, 1),
-                    post,
-                    tile,
-                    overlap,
-                    lambda y0, y1, rows, b=b: out[b : b + 1, :, y0:y1].copy_(rows),
-                )
+                self._stylize_tiled(xb, thumb.clamp(0, 1), post, tile, overlap, _row_writer(out, b))
         else:
             content = x.to(self.device, torch.float32)
             y = self.forward(content)
@@ -340,8 +319,7 @@ class Stylizer:
         for (w, h), idx in groups.items():
             if len(idx) == 1 or w * h > AUTO_TILE_PIXELS:
                 for i in idx:
-                    out[i] = self.stylize_image(prepared[i][0], **kw)
-                    out[i] = attach_alpha(out[i], prepared[i][1])
+                    out[i] = attach_alpha(self.stylize_image(prepared[i][0], **kw), prepared[i][1])
                 continue
             x = torch.stack([pil_to_tensor(prepared[i][0]) for i in idx]).to(self.device)
             y = self.stylize_tensor(x, **kw)

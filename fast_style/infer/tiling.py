@@ -8,9 +8,10 @@ and contrast. The tiled path therefore runs in two stages:
 
 1. **Statistics pass.** The image is downscaled to a thumbnail of at most ``stats_pixels``
    (1024² by default; an image that fits is not downscaled, and its statistics are exact) and run
-   through the network once, recording every ``InstanceNorm2d`` layer's per-channel mean and
-   variance. This is the "thumbnail instance normalization" of URST (Chen et al. 2022,
-   "Towards Ultra-Resolution Neural Style Transfer via Thumbnail Instance Normalization").
+   through the network once, recording every instance norm's per-channel mean and variance,
+   by layer name (``fast_style.core.network.named_norms``). This is the "thumbnail instance
+   normalization" of URST (Chen et al. 2022, "Towards Ultra-Resolution Neural Style Transfer
+   via Thumbnail Instance Normalization").
    Means and variances are averages over the whole picture, so a thumbnail that sees all of
    it estimates them far better than any set of full-resolution crops (measured: crops covering
    the same number of pixels gave 10 dB lower PSNR against the untiled result). The same pass
@@ -36,12 +37,12 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from fast_style.core.network import MIN_SIZE, SIZE_MULTIPLE
+from fast_style.core.network import MIN_SIZE, SIZE_MULTIPLE, named_norms, norm_params
 
 STATS_PIXELS = 1024 * 1024  # largest thumbnail for the statistics pass of tiled inference
 
@@ -52,28 +53,44 @@ STATS_PIXELS = 1024 * 1024  # largest thumbnail for the statistics pass of tiled
 
 @dataclass
 class NormStats:
-    """Per-layer instance-norm statistics, in module order: each (1, C) mean and variance."""
+    """Per-layer norm statistics of one pass, in forward order: ``names`` as in
+    ``fast_style.core.network.named_norms``, each mean and variance (1, C)."""
 
     means: list[torch.Tensor]
     variances: list[torch.Tensor]
+    names: list[str] = field(default_factory=list)
 
 
-def _instance_norms(net: nn.Module) -> list[nn.InstanceNorm2d]:
-    return [m for m in net.modules() if isinstance(m, nn.InstanceNorm2d)]
+def _norms(net: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``net``'s norms by name (``TransformerNet`` or ``DeployNet``), each an instance norm."""
+    norms = named_norms(net)
+    for name, m in norms:
+        if not isinstance(m, nn.InstanceNorm2d):
+            raise TypeError(f"{name}: tiled inference needs instance norms, not {type(m).__name__}")
+    return norms
+
+
+def _check_stats(norms: list[tuple[str, nn.Module]], stats: NormStats) -> None:
+    """The statistics must be of these layers, all of them, in this order."""
+    names = [n for n, _ in norms]
+    if stats.names != names or not len(stats.means) == len(names) == len(stats.variances):
+        raise ValueError(
+            f"statistics of {len(stats.names)} layers do not fit this network's {len(names)} "
+            "norms (recorded on another network, or without a forward pass?)"
+        )
 
 
 @contextlib.contextmanager
 def _patched_norms(
-    net: nn.Module, make_forward: Callable[[int, nn.InstanceNorm2d], Callable]
+    norms: list[tuple[str, nn.Module]], make_forward: Callable[[str, nn.Module], Callable]
 ) -> Iterator[None]:
-    """Temporarily replace each InstanceNorm2d's forward (instance attribute, removed after)."""
-    norms = _instance_norms(net)
+    """Temporarily replace each norm's forward (instance attribute, removed after)."""
     try:
-        for i, m in enumerate(norms):
-            m.forward = make_forward(i, m)  # type: ignore[method-assign]
+        for name, m in norms:
+            m.forward = make_forward(name, m)
         yield
     finally:
-        for m in norms:
+        for _, m in norms:
             m.__dict__.pop("forward", None)
 
 
@@ -83,60 +100,70 @@ def record_norm_stats(net: nn.Module) -> Iterator[NormStats]:
 
     Every layer normalises with the per-channel mean/variance over (B, H, W) together, i.e.
     the batch is treated as pieces of one image. For B = 1 this is exactly instance norm."""
-    stats = NormStats([], [])
+    stats = NormStats([], [], [])
 
-    def make_forward(_i: int, m: nn.InstanceNorm2d) -> Callable:
+    def make_forward(name: str, m: nn.Module) -> Callable:
+        gamma, beta, eps = norm_params(m)
+
         def forward(x: torch.Tensor) -> torch.Tensor:
             xf = x.float()
             mean = xf.mean((0, 2, 3), keepdim=True)
             var = xf.var((0, 2, 3), unbiased=False, keepdim=True)
+            stats.names.append(name)
             stats.means.append(mean[:, :, 0, 0])
             stats.variances.append(var[:, :, 0, 0])
-            y = (xf - mean) * torch.rsqrt(var + m.eps)
-            if m.affine:
-                y = y * m.weight[:, None, None] + m.bias[:, None, None]
-            return y.to(x.dtype)
+            y = (xf - mean) * torch.rsqrt(var + eps)
+            return (y * gamma[:, None, None] + beta[:, None, None]).to(x.dtype)
 
         return forward
 
-    with _patched_norms(net, make_forward):
+    with _patched_norms(_norms(net), make_forward):
         yield stats
 
 
 def _norm_affine(
-    m: nn.InstanceNorm2d, mean: torch.Tensor, var: torch.Tensor
+    m: nn.Module, mean: torch.Tensor, var: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Instance norm ``m`` with fixed statistics as ``x * scale + shift``; each (1, C)."""
-    scale = torch.rsqrt(var + m.eps)
+    """Norm ``m`` with fixed statistics as ``x * scale + shift``; each (1, C)."""
+    gamma, beta, eps = norm_params(m)
+    scale = torch.rsqrt(var + eps)
     shift = -mean * scale
-    if m.affine:
-        scale, shift = scale * m.weight, shift * m.weight + m.bias
-    return scale.detach(), shift.detach()
+    return (scale * gamma).detach(), (shift * gamma + beta).detach()
+
+
+def _affines(net: nn.Module, stats: NormStats) -> list[tuple[str, nn.Module, tuple]]:
+    norms = _norms(net)
+    _check_stats(norms, stats)
+    return [
+        (name, m, _norm_affine(m, mean, var))
+        for (name, m), mean, var in zip(norms, stats.means, stats.variances, strict=True)
+    ]
 
 
 def pack_norm_affine(net: nn.Module, stats: NormStats) -> torch.Tensor:
-    """The ``norm_affine`` input (2, ΣC) of ``fast_style.infer.export.FrozenNormNet``."""
-    pairs = [
-        _norm_affine(m, stats.means[i], stats.variances[i])
-        for i, m in enumerate(_instance_norms(net))
-    ]
+    """The ``norm_affine`` input (2, ΣC) of ``fast_style.infer.deploy.FrozenNormNet`` and
+    ``FusedRunner``: scales in row 0, shifts in row 1, layers in ``named_norms`` order."""
+    pairs = [p for *_, p in _affines(net, stats)]
     return torch.stack([torch.cat([p[0][0] for p in pairs]), torch.cat([p[1][0] for p in pairs])])
 
 
 @contextlib.contextmanager
 def frozen_norm_stats(net: nn.Module, stats: NormStats) -> Iterator[None]:
-    """Run every instance norm as a fixed affine map with the given statistics."""
+    """Run every norm as a fixed affine map with the given statistics (of the same layers)."""
+    affine = {
+        name: (sc[..., None, None], sh[..., None, None])
+        for name, _, (sc, sh) in _affines(net, stats)
+    }
 
-    def make_forward(i: int, m: nn.InstanceNorm2d) -> Callable:
-        scale, shift = _norm_affine(m, stats.means[i], stats.variances[i])
-        scale, shift = scale[..., None, None], shift[..., None, None]
+    def make_forward(name: str, _m: nn.Module) -> Callable:
+        scale, shift = affine[name]
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             return x * scale.to(x.dtype) + shift.to(x.dtype)
 
         return forward
 
-    with _patched_norms(net, make_forward):
+    with _patched_norms(_norms(net), make_forward):
         yield
 
 
@@ -209,21 +236,21 @@ def run_tiled(
     for (x0, x1), wi in zip(xs, wx, strict=True):
         col_sum[x0:x1] += wi
     acc: torch.Tensor | None = None  # rows [top, top + acc height) of the weighted sum
-    row_sum: torch.Tensor | None = None
+    row_sum = torch.zeros(0)
     top = 0
     for j, (y0, y1) in enumerate(ys):
         wy = feather_weights(ys, j)
         for (x0, x1), wi in zip(xs, wx, strict=True):
             out = forward(read(y0, y1, x0, x1))
-            if acc is None:
+            if acc is None:  # dtype and device of the network's output
                 acc = out.new_zeros(1, 3, 0, w)
-                row_sum = torch.zeros(0)
             need = y1 - top - acc.shape[2]
             if need > 0:
                 acc = torch.cat([acc, acc.new_zeros(1, 3, need, w)], 2)
                 row_sum = torch.cat([row_sum, torch.zeros(need)])
             weight = (wy[:, None] * wi[None, :]).to(out)
             acc[:, :, y0 - top : y1 - top, x0:x1] += out * weight
+        assert acc is not None  # every row of tiles has a tile
         row_sum[y0 - top : y1 - top] += wy
         done = ys[j + 1][0] if j + 1 < len(ys) else h  # rows no later tile touches
         n = done - top

@@ -78,6 +78,14 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
     return dh + dw
 
 
+def _weighted_sum(
+    terms: dict[str, torch.Tensor], kind: str, layers: dict[str, float]
+) -> torch.Tensor:
+    """Σ over ``layers`` of weight × ``terms[f"{kind}/{tap}"]`` (a tensor; layers non-empty)."""
+    parts = [lw * terms[f"{kind}/{tap}"] for tap, lw in layers.items()]
+    return torch.stack(parts).sum()
+
+
 class PerceptualLoss(nn.Module):
     """Weighted content + style + TV loss over a frozen ``VGGFeatures``.
 
@@ -155,10 +163,8 @@ class PerceptualLoss(nn.Module):
             terms[f"style/{tap}"] = style_term(
                 feats[tap], getattr(self, f"gram_{tap}"), getattr(self, f"gram_norm_{tap}")
             )
-        content = w.content_weight * sum(
-            lw * terms[f"content/{t}"] for t, lw in w.content_layers.items()
-        )
-        style = w.style_weight * sum(lw * terms[f"style/{t}"] for t, lw in w.style_layers.items())
+        content = w.content_weight * _weighted_sum(terms, "content", w.content_layers)
+        style = w.style_weight * _weighted_sum(terms, "style", w.style_layers)
         tv = w.tv_weight * total_variation(output)
         terms.update(content=content, style=style, tv=tv, total=content + style + tv)
         return terms

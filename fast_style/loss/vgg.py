@@ -67,6 +67,16 @@ def fetch_torchvision_weights(arch: str) -> dict[str, torch.Tensor]:
         raise LossNetworkWeightsError(_offline_message(arch, e)) from e
 
 
+def _reason(err: Exception) -> str:
+    """One line saying why a file did not load: torch's ``weights_only`` errors span a dozen
+    lines of advice around the one that names the cause (an unsupported global or opcode)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith(("Trying to load unsupported", "Unsupported")):
+            return line.rstrip(".")
+    return lines[0] if lines else type(err).__name__
+
+
 def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a VGG state_dict file safely (``weights_only=True``; safetensors also accepted)."""
     path = Path(path).expanduser()
@@ -80,7 +90,7 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise LossNetworkWeightsError(f"{path}: not a loadable state_dict ({e})") from e
+        raise LossNetworkWeightsError(f"{path}: not a loadable state_dict ({_reason(e)})") from e
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fast_style.core.device import resolve_device
 from fast_style.core.resources import shipped_models_dir
+from fast_style.infer.allocator import tune_malloc
 from fast_style.infer.backends import BACKENDS
 from fast_style.serve.app import create_app
 from fast_style.serve.limits import Limits
@@ -36,12 +37,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend",
         choices=BACKENDS,
         default="auto",
-        help="auto: ONNX Runtime on CPU when installed, else PyTorch",
+        help="auto: on CPU the fused kernels, else ONNX Runtime, else PyTorch; on GPU PyTorch",
     )
     p.add_argument(
         "--half", nargs="?", const="fp16", choices=["fp16", "bf16"], help="half precision on GPU"
     )
-    g = p.add_argument_group("limits")
+    _add_size_limits(p.add_argument_group("limits: sizes and work"), d)
+    _add_client_limits(p.add_argument_group("limits: clients and request bodies"), d)
+    return p
+
+
+def _add_size_limits(g: argparse._ArgumentGroup, d: Limits) -> None:
+    """Upload size, pixels, downscaling, threads, images in memory, large images."""
     g.add_argument(
         "--max-upload-mb",
         type=float,
@@ -72,6 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.max_images,
         help=f"requests holding an image in memory at once (default {d.max_images})",
     )
+    g.add_argument(
+        "--large-pixels",
+        type=int,
+        default=d.large_pixels,
+        help="images above this many pixels use at most workers-1 threads, so small "
+        f"ones keep one (default {d.large_pixels})",
+    )
+
+
+def _add_client_limits(g: argparse._ArgumentGroup, d: Limits) -> None:
+    """The queue, per-client share, body deadlines, pixel budget and proxies."""
     g.add_argument(
         "--queue",
         type=int,
@@ -114,14 +132,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="behind a reverse proxy: its addresses, whose X-Forwarded-For then names the client "
         "for --per-client (default: none, the header is ignored)",
     )
-    g.add_argument(
-        "--large-pixels",
-        type=int,
-        default=d.large_pixels,
-        help="images above this many pixels use at most workers-1 threads, so small "
-        f"ones keep one (default {d.large_pixels})",
-    )
-    return p
 
 
 def _is_loopback(host: str) -> bool:
@@ -173,12 +183,14 @@ def main(argv: list[str] | None = None) -> int:
             body_idle_timeout=a.body_idle_timeout,
             max_inflight_pixels=a.max_inflight_pixels,
         )
-        resolve_device(a.device)
+        device = resolve_device(a.device)
     except ValueError as e:
         parser.error(str(e))
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    if device.type == "cpu":
+        tune_malloc()  # reuse freed activations across requests (fast_style.infer.allocator)
     app = create_app(models, limits, a.device, a.backend, a.half or False)
     count = len(app.state.registry.entries())
     print(startup_message(a.host, a.port, models, count), file=sys.stderr, flush=True)

@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from fast_style.core.imaging import IMAGE_EXTENSIONS
 from fast_style.core.resources import config_dir
 from fast_style.loss.config import LossConfig, StyleConfig
 
@@ -159,7 +160,7 @@ def validate(cfg: DictConfig) -> TrainSettings:
                 f"config error: unknown key 'trainer.{key}' (not a pl.Trainer argument)"
                 f"{_suggest(key, allowed)}"
             )
-    styles = [load_style(entry, i) for i, entry in enumerate(cfg.get("styles") or [])]
+    styles = [load_style(e, f"styles[{i}]") for i, e in enumerate(cfg.get("styles") or [])]
     if styles:
         parts["style"] = styles[0]
     settings = TrainSettings(
@@ -173,22 +174,51 @@ def validate(cfg: DictConfig) -> TrainSettings:
     return settings
 
 
-def load_style(entry: Any, index: int = 0) -> StyleConfig:
-    """One ``styles`` entry: a name from ``conf/style/``, a YAML file, or an inline mapping."""
-    prefix = f"styles[{index}]"
-    if isinstance(entry, DictConfig | dict):
-        return _section(StyleConfig, entry, prefix)
-    path = Path(str(entry)).expanduser()
-    if path.suffix not in (".yaml", ".yml"):
-        path = config_dir() / "style" / f"{entry}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in (config_dir() / "style").glob("*.yaml"))
-        raise ConfigError(
-            f"config error: {prefix}: no style config {str(entry)!r}{_suggest(str(entry), known)}"
-        )
+def group_names(group: str) -> list[str]:
+    """The options of a config group (``conf/<group>/*.yaml``), ``custom`` left out."""
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml") if p.stem != "custom")
+
+
+def _yaml(path: Path) -> DictConfig:
     cfg = OmegaConf.load(path)
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"config error: {path}: not a mapping")
     cfg.pop("defaults", None)
-    return _section(StyleConfig, cfg, prefix)
+    return cfg
+
+
+def load_style(entry: Any, where: str = "style") -> StyleConfig:
+    """The one style loader (training's ``styles`` entries, Gatys's ``--style``): an inline
+    mapping, a YAML file, a style name from ``conf/style/``, or a painting's image file (with
+    the loss weights of ``conf/style/custom.yaml``); validated against ``StyleConfig``.
+    ``where`` names the entry in error messages."""
+    if isinstance(entry, DictConfig | dict):
+        return _section(StyleConfig, entry, where)
+    path = Path(str(entry)).expanduser()
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return _section(StyleConfig, _yaml(path), where)
+    named = config_dir() / "style" / f"{entry}.yaml"
+    if len(path.parts) == 1 and named.is_file():
+        return _section(StyleConfig, _yaml(named), where)
+    if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+        cfg = _yaml(config_dir() / "style" / "custom.yaml")
+        cfg.name, cfg.image = path.stem, str(path)
+        return _section(StyleConfig, cfg, where)
+    raise ConfigError(
+        f"config error: {where}: {str(entry)!r} is neither a style name, a YAML file nor an "
+        f"image{_suggest(str(entry), group_names('style'))}"
+    )
+
+
+def load_loss(network: str = "vgg16", weights: str | None = None) -> LossConfig:
+    """The loss network config ``conf/loss/<network>.yaml``, with an optional weights file."""
+    path = config_dir() / "loss" / f"{network}.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"unknown loss {network!r}; choose one of {', '.join(group_names('loss'))}"
+        )
+    cfg = _section(LossConfig, _yaml(path), "loss")
+    return replace(cfg, weights=weights) if weights else cfg
 
 
 def _check_values(s: TrainSettings) -> None:

@@ -17,7 +17,7 @@ from torch import nn
 
 from fast_style.core.imaging import cover_crop, image_grid
 from fast_style.core.model_io import ModelFileError, describe, load_model
-from fast_style.core.network import TransformerNet
+from fast_style.core.network import TransformerNet, upgrade_state_dict
 from fast_style.core.resources import resolve_data_path
 from fast_style.loss import PerceptualLoss
 from fast_style.loss.criterion import style_criterion, style_loss_weights
@@ -272,6 +272,16 @@ class StyleTransferSystem(pl.LightningModule):
                 else {}
             ),
         )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Rename a pre-upgrade checkpoint's positional parameter keys (format version 1) to
+        today's, before Lightning's strict ``load_state_dict`` (resume with ``ckpt_path=``,
+        ``load_from_checkpoint``). Parameter order is unchanged, so optimizer states fit."""
+        state = checkpoint.get("state_dict")
+        if isinstance(state, dict):
+            for prefix in ["net.", *(f"extra_nets.{i}." for i in range(len(self.extra_nets)))]:
+                state = upgrade_state_dict(state, prefix)
+            checkpoint["state_dict"] = state
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["fast_style"] = self.metadata()

@@ -18,6 +18,7 @@ from fast_style.core.resources import photos_dir
 from fast_style.loss import LossNetworkWeightsError, VGGFeatures
 from fast_style.train.config import ConfigError, validate
 from fast_style.train.system import StyleTransferSystem
+from tests.conftest import DataSource
 
 PHOTOS = [photos_dir() / name for name in ("kodim05.jpg", "kodim23.jpg")]
 TERMS = {"content", "style", "tv", "total", "time_s"}
@@ -33,7 +34,11 @@ def two_photos(tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_writes_json_table_and_pictures(smoke_run, vgg_weights, two_photos, tmp_path):
+def test_evaluate_writes_json_table_and_pictures(
+    smoke_run, data_source: DataSource, two_photos, tmp_path
+):
+    """On each layer's smoke model and loss network (the judge: a random VGG19)."""
+    vgg_weights = data_source.weights_file
     model = smoke_run / "starry_night.safetensors"
     out = tmp_path / "eval"
     argv = [

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import sys
 
 import pytest
 import torch
@@ -20,15 +19,16 @@ from fast_style.loss import PerceptualLoss
 from fast_style.loss.criterion import style_criterion
 from fast_style.train.config import ConfigError, validate
 from fast_style.train.system import StyleTransferSystem
+from tests.conftest import DataSource
 
 PHOTO = default_photo()
 
 
 @pytest.fixture(scope="module")
-def small_criterion(vgg_weights) -> PerceptualLoss:
-    """starry_night's loss with its Gram targets at 64 px."""
+def small_criterion(data_source: DataSource) -> PerceptualLoss:
+    """starry_night's loss with its Gram targets at 64 px, on each layer's loss network."""
     style = dataclasses.replace(load_style("starry_night"), size=64)
-    crit, _ = style_criterion(style, load_loss("vgg16", str(vgg_weights)))
+    crit, _ = style_criterion(style, load_loss("vgg16", str(data_source.weights_file)))
     return crit
 
 
@@ -48,9 +48,11 @@ def test_gatys_lowers_the_total_loss(small_criterion, optimizer):
     assert result.image.max() <= 1
 
 
-def test_gatys_and_training_compute_identical_losses(vgg_weights, monkeypatch):
+def test_gatys_and_training_compute_identical_losses(data_source: DataSource, monkeypatch):
     """The Gatys objective, built from the style name the way the CLI builds it, equals the
-    training criterion of a composed training config on the same images, bit for bit."""
+    training criterion of a composed training config on the same images, bit for bit (with the
+    random-weight VGG16 file, and with the real weights)."""
+    vgg_weights = data_source.weights_file
     overrides = ["style=starry_night", "experiment=smoke", f"loss.weights={vgg_weights}"]
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         settings = validate(compose("train", overrides=overrides))
@@ -66,6 +68,9 @@ def test_gatys_and_training_compute_identical_losses(vgg_weights, monkeypatch):
         dataclasses.replace(style, size=settings.style.size), load_loss("vgg16", str(vgg_weights))
     )
     assert type(crit) is type(system.criterion) is PerceptualLoss
+    assert (
+        crit.network.weights_source == system.criterion.network.weights_source == str(vgg_weights)
+    )
     calls = []
     forward = PerceptualLoss.forward
     monkeypatch.setattr(
@@ -77,13 +82,13 @@ def test_gatys_and_training_compute_identical_losses(vgg_weights, monkeypatch):
     assert calls  # the Gatys objective went through PerceptualLoss.forward
 
 
-def test_cli_writes_image_trace_intermediates_and_tensorboard(vgg_weights, tmp_path, capsys):
+def test_cli_writes_image_trace_intermediates_and_tensorboard(random_vgg_file, tmp_path, capsys):
     out = tmp_path / "out" / "gatys.png"
     argv = [
         "--content", str(PHOTO), "--style", "starry_night", "--output", str(out),
         "--size", "48", "--steps", "2", "--multiscale", "2", "--save-every", "2",
         "--preserve-color", "--style-scale", "1.5", "--tv-weight", "0",
-        "--vgg-weights", str(vgg_weights), "--tensorboard", str(tmp_path / "tb"), "--quiet",
+        "--vgg-weights", str(random_vgg_file), "--tensorboard", str(tmp_path / "tb"), "--quiet",
     ]  # fmt: skip
     assert gatys.main(argv) == 0
     assert Image.open(out).size == (48, 32)
@@ -108,12 +113,16 @@ def test_cli_writes_image_trace_intermediates_and_tensorboard(vgg_weights, tmp_p
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
     [
-        ("--style", "starry_nite", "neither an image file nor a style name"),
+        (
+            "--style",
+            "starry_nite",
+            "is neither a style name, a YAML file nor an image (did you mean 'starry_night'?)",
+        ),
         ("--content", "missing.jpg", "no such file"),
         ("--output", "{tmp}/out.xyz", "unknown image format"),
         ("--style-layers", "relu9_9", "not a vgg16 layer"),
         ("--steps", "0", "--steps must be at least 1"),
-        ("--device", "cpu:x" if torch.cuda.is_available() else "cuda:7", "device"),
+        ("--device", "tpu", "unknown device 'tpu' (use auto, cpu, cuda or cuda:N)"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(flag, value, message, tmp_path, capsys):
@@ -146,12 +155,15 @@ def test_style_config_parsing(tmp_path):
     assert gatys.pyramid(40, 3) == [32, 40]
 
 
-def test_progress_without_tqdm_prints_loss_lines(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # import fails as if not installed
+def test_progress_bar_shows_the_loss_terms_and_can_be_hidden(capsys):
     bar = gatys.Progress(40, "gatys")
     for _ in range(40):
         bar.update({"content": 1.0, "style": 2.0, "tv": 0.5, "total": 3.5})
     bar.close()
-    lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 20
-    assert lines[-1] == "gatys: 40/40 content=1 style=2 tv=0.5 total=3.5"
+    last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert last.startswith("gatys: 100%") and "40/40" in last
+    assert last.endswith("content=1, style=2, tv=0.5, total=3.5]")
+    hidden = gatys.Progress(5, "gatys", enabled=False)
+    hidden.update({"total": 1.0})
+    hidden.close()
+    assert capsys.readouterr().err == ""

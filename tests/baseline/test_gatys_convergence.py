@@ -85,6 +85,7 @@ def test_returns_the_lowest_loss_iterate():
     assert result.image.min() >= 0 and result.image.max() <= 1
 
 
+@pytest.mark.shared  # convergence on a photo needs the real loss network
 def test_gatys_loss_keeps_falling_with_the_real_loss(vgg_weights):
     """The real loss network on a tiny photo: later iterations do not undo earlier progress,
     and the last iterate is the one returned."""

@@ -112,7 +112,7 @@ def test_bit_flipped_checkpoint_is_refused_by_its_digest(saved, tmp_path):
     )
     load_model(p)  # intact: loads
     data = bytearray(p.read_bytes())
-    weight = net.state_dict()["residuals.0.body.2.weight"].numpy().tobytes()
+    weight = net.state_dict()["residuals.res1.conv2.conv.weight"].numpy().tobytes()
     at = bytes(data).find(weight[:64])  # torch.save stores tensor bytes uncompressed
     assert at > 0
     data[at + 5] ^= 0x40
@@ -140,9 +140,9 @@ def test_files_without_a_digest_still_load(saved, tmp_path):
 def test_non_finite_weights_are_refused(saved, tmp_path, bad):
     net, _ = saved
     with torch.no_grad():
-        net.decoder[2][1].bias[0] = bad
+        net.output.conv.bias[0] = bad
     p = save_safetensors(net, tmp_path / "nan.safetensors", describe(net, "nan"))
-    with pytest.raises(ModelFileError, match=r"not finite \(NaN or infinity in decoder"):
+    with pytest.raises(ModelFileError, match=r"not finite \(NaN or infinity in output\.conv\.bias"):
         load_model(p)
 
 
@@ -189,4 +189,4 @@ def test_expected_shapes_need_no_memory():
     from fast_style.core.network import TransformerConfig
 
     shapes = expected_shapes(TransformerConfig((1024, 1024, 1024), 64))  # 1.2 G parameters
-    assert shapes["residuals.63.body.2.weight"] == (1024, 1024, 3, 3)
+    assert shapes["residuals.res64.conv2.conv.weight"] == (1024, 1024, 3, 3)

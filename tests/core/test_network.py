@@ -75,3 +75,42 @@ def test_gradients_reach_every_parameter(slim):
     net = TransformerNet((8, 8, 8), num_residual=1)
     net(torch.rand(1, 3, 17, 23)).mean().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+
+
+def test_layers_are_named_by_stage():
+    """One description, walked by name: stage names and kinds, norms, parameter names."""
+    from fast_style.core.network import named_norms, named_stages
+
+    net = TransformerNet((8, 16, 24), num_residual=3)
+    stages = [(name, s.kind) for name, s in named_stages(net)]
+    assert stages == [
+        ("encoder.conv1", "conv"),
+        ("encoder.conv2", "conv"),
+        ("encoder.conv3", "conv"),
+        ("residuals.res1", "residual"),
+        ("residuals.res2", "residual"),
+        ("residuals.res3", "residual"),
+        ("decoder.up1", "upsample"),
+        ("decoder.up2", "upsample"),
+        ("output", "output"),
+    ]
+    norms = named_norms(net)
+    assert [n for n, _ in norms][:4] == [
+        "encoder.conv1.norm",
+        "encoder.conv2.norm",
+        "encoder.conv3.norm",
+        "residuals.res1.conv1.norm",
+    ]
+    assert [n for n, _ in norms][-1] == "decoder.up2.layer.norm"
+    assert all(net.get_submodule(n) is m for n, m in norms)  # the names are module paths
+    assert [m for _, m in norms] == [m for m in net.modules() if isinstance(m, nn.InstanceNorm2d)]
+    assert net.encoder.conv2.conv.stride == (2, 2) and net.output.conv.out_channels == 3
+    assert isinstance(net.residuals.res3.conv2.act, nn.Identity)  # no ReLU after the skip add
+    assert "decoder.up1.layer.conv.weight" in net.state_dict()
+
+
+def test_walking_something_else_is_a_clear_error():
+    from fast_style.core.network import named_stages
+
+    with pytest.raises(TypeError, match="not a transform network"):
+        named_stages(nn.Conv2d(3, 3, 1))

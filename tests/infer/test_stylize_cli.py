@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fast_style.infer import stylizer
 from fast_style.infer.cli import main
 from tests._imaging_helpers import huge_png
 from tests._stylize_helpers import exif_rotated_jpeg, odd_images, photo, save_tiny, save_tiny_ckpt
@@ -30,6 +31,11 @@ def model(tmp_path_factory):
 
 def run(*argv: str) -> int:
     return main(["--backend", "eager", "-q", *argv])
+
+
+def _rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.float32)
 
 
 def test_one_file_to_one_file_in_each_format(model, tmp_path):
@@ -86,12 +92,21 @@ def test_odd_inputs_keep_size_and_alpha(model, tmp_path):
 
 
 def test_sixteen_bit_png(model, tmp_path):
+    """A 16-bit greyscale ramp is stylised as its 8-bit equivalent (not clipped at 255)."""
     arr = (np.linspace(0, 65535, 24 * 18).reshape(18, 24)).astype(np.uint16)
     src = tmp_path / "deep.png"
     Image.fromarray(arr).save(src)
     with Image.open(src) as im:
         assert im.mode.startswith("I")
-    assert run("--model", str(model), "--input", str(src), "--output", str(tmp_path / "o.png")) == 0
+    eight = tmp_path / "eight.png"
+    Image.fromarray(np.round(arr / 257).astype(np.uint8)).convert("RGB").save(eight)
+    for path in (src, eight):
+        assert (
+            run("--model", str(model), "--input", str(path), "--output", str(tmp_path / "o")) == 0
+        )
+    deep, ref = _rgb(tmp_path / "o" / "deep.png"), _rgb(tmp_path / "o" / "eight.png")
+    assert deep.shape == (18, 24, 3)
+    assert np.abs(deep - ref).max() <= 1
 
 
 def test_options_reach_the_engine(model, tmp_path):
@@ -104,26 +119,74 @@ def test_options_reach_the_engine(model, tmp_path):
     )
     assert np.array_equal(np.asarray(Image.open(zero)), np.asarray(Image.open(src)))
     small = tmp_path / "small.png"
-    run("--model", str(model), "--input", str(src), "--output", str(small), "--max-size", "30")
+    assert (
+        run("--model", str(model), "--input", str(src), "--output", str(small), "--max-size", "30")
+        == 0
+    )
     assert Image.open(small).size == (30, 20)
-    tiled = tmp_path / "tiled.png"
-    argv = ["--tile", "64", "--overlap", "16", "--preserve-color", "--match-histogram"]
-    assert run("--model", str(model), "--input", str(src), "--output", str(tiled), *argv) == 0
-    assert Image.open(tiled).size == (60, 40)
     mask = tmp_path / "mask.png"
     Image.new("L", (15, 10), 0).save(mask)  # another resolution, the same aspect ratio
     masked = tmp_path / "masked.png"
-    run("--model", str(model), "--input", str(src), "--output", str(masked), "--mask", str(mask))
+    argv = ["--input", str(src), "--output", str(masked), "--mask", str(mask)]
+    assert run("--model", str(model), *argv) == 0
     assert np.array_equal(np.asarray(Image.open(masked)), np.asarray(Image.open(src)))
 
 
+def test_tile_takes_the_tiled_path_and_matches_the_whole_image(model, tmp_path, monkeypatch):
+    """150×100 in 64 px tiles (6 of them): the tiled path runs, with the colour options, and
+    its seams are invisible next to what the style changes."""
+    src = tmp_path / "big.png"
+    photo(150, 100).save(src)
+    calls: list[tuple[tuple[int, int], int, int, int]] = []
+    real = stylizer.run_tiled
+
+    def spy(forward, read, emit, size, tile, overlap):
+        tiles = []
+        real(lambda t: tiles.append(t.shape) or forward(t), read, emit, size, tile, overlap)
+        calls.append((size, tile, overlap, len(tiles)))
+
+    monkeypatch.setattr(stylizer, "run_tiled", spy)
+    colour = ["--preserve-color", "--match-histogram"]
+    outputs = {}
+    for name, extra in (
+        ("whole", []),
+        ("tiled", ["--tile", "64", "--overlap", "16"]),
+        ("whole_colour", colour),
+        ("tiled_colour", ["--tile", "64", "--overlap", "16", *colour]),
+    ):
+        out = tmp_path / f"{name}.png"
+        assert run("--model", str(model), "--input", str(src), "--output", str(out), *extra) == 0
+        outputs[name] = _rgb(out)
+        assert outputs[name].shape == (100, 150, 3)
+    assert calls == [((100, 150), 64, 16, 6)] * 2  # only the --tile runs, 3 × 2 tiles each
+    photo_px = _rgb(src)
+
+    def diff(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.abs(a - b).mean())
+
+    assert diff(outputs["whole"], photo_px) > 20  # the style changes the photo a lot …
+    assert diff(outputs["tiled"], outputs["whole"]) < 3  # … tiling hardly at all
+    assert diff(outputs["whole_colour"], outputs["whole"]) > 10  # the colour options act
+    assert diff(outputs["tiled_colour"], outputs["whole_colour"]) < 3  # in the tiled path too
+
+
 def test_ckpt_and_style_name(model, tmp_path):
+    """A Lightning checkpoint and a style name resolved in --models-dir give the same result
+    as the .safetensors file itself (all three hold the same weights)."""
     src = tmp_path / "in.jpg"
     photo(20, 20).save(src)
     ckpt = save_tiny_ckpt(tmp_path / "ck" / "last.ckpt")
     assert run("--model", str(ckpt), "--input", str(src), "--output", str(tmp_path / "a.png")) == 0
     argv = ["--model", "tiny", "--models-dir", str(model.parent)]
     assert run(*argv, "--input", str(src), "--output", str(tmp_path / "b.png")) == 0
+    assert run("--model", str(model), "--input", str(src), "--output", str(tmp_path / "c.png")) == 0
+    a, b, c = (_rgb(tmp_path / f"{n}.png") for n in "abc")
+    assert np.array_equal(a, c) and np.array_equal(b, c)
+    assert np.abs(c - _rgb(src)).mean() > 5  # and the model did something
+    other = tmp_path / "other.safetensors"
+    save_tiny(other, seed=1)
+    assert run("--model", str(other), "--input", str(src), "--output", str(tmp_path / "d.png")) == 0
+    assert not np.array_equal(_rgb(tmp_path / "d.png"), c)  # other weights, another result
 
 
 def test_list_models_shows_metadata(model, tmp_path, capsys):
@@ -351,17 +414,29 @@ def test_a_mask_of_another_shape_fails_that_image_and_is_never_stretched(model, 
 
 
 @pytest.mark.parametrize(
-    "argv",
-    [
-        ["--strength", "2"],
-        ["--tile", "50"],
-        ["--model", "{bad}"],
-        ["--input", "{missing}"],
-        ["--output", "{file_for_two}"],
-        ["--device", "tpu"],
+    ("argv", "expected"),
+    [  # argparse's own errors come after the usage text: only their last line is checked
+        (["--strength", "2"], ["stylize.py: error: --strength must be between 0 and 1, got 2.0"]),
+        (["--tile", "50"], ["stylize.py: error: --tile must be a multiple of 4 and at least 64"]),
+        (
+            ["--model", "{bad}"],
+            ["error: {bad}: corrupt or not a PyTorch checkpoint (RuntimeError)"],
+        ),
+        (["--model", "{none}"], ["error: {none}: no such model file"]),
+        (
+            ["--input", "{missing}"],
+            ["error: {missing}: no such file or folder"],
+        ),
+        (
+            ["--output", "{file_for_two}"],
+            ["error: --output {file_for_two} is a file but 2 images were given; give a folder"],
+        ),
+        (["--device", "tpu"], ["error: unknown device 'tpu' (use auto, cpu, cuda or cuda:N)"]),
     ],
-)
-def test_usage_errors_exit_2_with_one_line(model, tmp_path, capsys, argv):
+    ids=["strength", "tile", "corrupt-model", "missing-model", "missing-input", "file-for-two",
+         "device"],
+)  # fmt: skip
+def test_usage_errors_exit_2_with_a_clear_message(model, tmp_path, capsys, argv, expected):
     src = tmp_path / "in.png"
     photo(20, 20).save(src)
     photo(20, 20).save(tmp_path / "in2.png")
@@ -369,6 +444,7 @@ def test_usage_errors_exit_2_with_one_line(model, tmp_path, capsys, argv):
     bad.write_bytes(b"PK\x03\x04 truncated")
     subst = {
         "{bad}": str(bad),
+        "{none}": str(tmp_path / "none.ckpt"),
         "{missing}": str(tmp_path / "nope.png"),
         "{file_for_two}": str(tmp_path / "one.png"),
     }
@@ -381,32 +457,26 @@ def test_usage_errors_exit_2_with_one_line(model, tmp_path, capsys, argv):
     with pytest.raises(SystemExit) as e:
         run(*full)
     assert e.value.code == 2
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "error" in last
+    lines = capsys.readouterr().err.strip().splitlines()
+    want = [line.format(**{k.strip("{}"): v for k, v in subst.items()}) for line in expected]
+    if want[0].startswith("stylize.py: "):
+        assert lines[0].startswith("usage: stylize.py") and lines[-1] == want[0]
+    else:
+        assert lines == want
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.ckpt", "in.png", "in2.png"]
 
 
-def test_progress_counter_without_tqdm(model, tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm → ImportError
+def test_progress_bar_counts_images_and_quiet_hides_it(model, tmp_path, capsys):
     d = tmp_path / "in"
     d.mkdir()
     for i in range(3):
         photo(16, 12, seed=i).save(d / f"{i}.png")
-    assert (
-        main(
-            [
-                "--backend",
-                "eager",
-                "--model",
-                str(model),
-                "--input",
-                str(d),
-                "--output",
-                str(tmp_path / "o"),
-            ]
-        )
-        == 0
-    )
-    assert "3/3 images" in capsys.readouterr().err
+    argv = ["--backend", "eager", "--model", str(model), "--input", str(d)]
+    assert main([*argv, "--output", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "3/3" in err and "img/s" in err  # tqdm's bar, finished
+    assert main([*argv, "--output", str(tmp_path / "q"), "-q"]) == 0
+    assert "3/3" not in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -448,4 +518,5 @@ def test_cli_as_a_subprocess(model, tmp_path):
         text=True,
         timeout=120,
     )
-    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == f"error: {tmp_path / 'none.ckpt'}: no such model file"

@@ -127,6 +127,7 @@ def test_every_term_is_invariant_to_a_layers_activation_scale(tap, a, images, ra
     assert g1.pow(2).sum() / g0.pow(2).sum() == pytest.approx(a**4, rel=1e-3)
 
 
+@pytest.mark.shared  # the random-weight case is the test above
 def test_invariance_with_the_real_caffe_scale_weights(vgg_weights, images):
     real = VGGFeatures(TAPS, weights=vgg_weights)
     base, _ = _terms(real, images=images)

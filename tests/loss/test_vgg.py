@@ -8,6 +8,7 @@ import torch
 import torchvision
 
 from fast_style.loss.vgg import WEIGHTS_ENV, LossNetworkWeightsError, VGGFeatures, layer_names
+from tests.conftest import DataSource
 
 
 def test_tap_names_match_torchvision_indices():
@@ -39,8 +40,10 @@ def test_vgg19_taps():
     assert out["relu4_4"].shape == (1, 512, 4, 4)
 
 
-def test_shared_weights_match_torchvision_vgg16(vgg_weights):
-    """Our truncated extractor equals torchvision's own VGG16 loaded with the same file."""
+def test_a_weights_file_matches_torchvision_vgg16(data_source: DataSource):
+    """Our truncated extractor equals torchvision's own VGG16 loaded with the same file (the
+    random-weight file, and the real fp16 weights)."""
+    vgg_weights = data_source.weights_file
     feats = VGGFeatures(["relu4_3"], weights=vgg_weights)
     ref = torchvision.models.vgg16()
     sd = {k: v.float() for k, v in torch.load(vgg_weights, weights_only=True).items()}
@@ -55,19 +58,31 @@ def test_shared_weights_match_torchvision_vgg16(vgg_weights):
     assert feats.weights_source == str(vgg_weights)
 
 
-def test_env_var_points_at_weights(vgg_weights, monkeypatch):
-    monkeypatch.setenv(WEIGHTS_ENV, str(vgg_weights))
-    assert VGGFeatures(["relu1_2"]).weights_source == str(vgg_weights)
+def test_env_var_points_at_weights(random_vgg_file, monkeypatch):
+    monkeypatch.setenv(WEIGHTS_ENV, str(random_vgg_file))
+    net = VGGFeatures(["relu1_2"])
+    assert net.weights_source == str(random_vgg_file)
+    expected = torch.load(random_vgg_file, weights_only=True)["features.2.weight"].float()
+    torch.testing.assert_close(net.layers[2].weight, expected)  # and its weights are loaded
+
+
+def _one_line_error(weights) -> str:
+    with pytest.raises(LossNetworkWeightsError) as err:
+        VGGFeatures(["relu1_2"], weights=weights)
+    msg = str(err.value)
+    assert "\n" not in msg, msg
+    return msg
 
 
 def test_wrong_weight_files_are_one_line_errors(tmp_path):
     missing = tmp_path / "nope.pth"
-    with pytest.raises(LossNetworkWeightsError, match="not found"):
-        VGGFeatures(["relu1_2"], weights=missing)
+    assert _one_line_error(missing) == f"VGG weights file not found: {missing}"
     other = tmp_path / "other.pth"
     torch.save({"fc.weight": torch.zeros(2, 2)}, other)
-    with pytest.raises(LossNetworkWeightsError, match="missing"):
-        VGGFeatures(["relu1_2"], weights=other)
+    assert _one_line_error(other) == (
+        f"{other}: not vgg16 features weights; missing ['0.weight', '0.bias', '2.weight', "
+        "'2.bias'] (found 0 matching keys)"
+    )
     shapes = tmp_path / "shapes.pth"
     torch.save(
         {
@@ -78,12 +93,15 @@ def test_wrong_weight_files_are_one_line_errors(tmp_path):
         },
         shapes,
     )
-    with pytest.raises(LossNetworkWeightsError, match="shape"):
-        VGGFeatures(["relu1_2"], weights=shapes)
+    assert _one_line_error(shapes) == (
+        f"{shapes}: 0.weight has shape (8, 3, 3, 3), vgg16 needs (64, 3, 3, 3)"
+    )
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"\x00not a checkpoint")
-    with pytest.raises(LossNetworkWeightsError, match="not a loadable state_dict"):
-        VGGFeatures(["relu1_2"], weights=garbage)
+    assert _one_line_error(garbage).startswith(f"{garbage}: not a loadable state_dict (")
+    tensors = tmp_path / "list.pth"
+    torch.save([torch.zeros(1)], tensors)
+    assert _one_line_error(tensors) == (f"{tensors}: expected a dict of tensors (a VGG state_dict)")
 
 
 def test_pickled_code_is_never_executed(tmp_path):
@@ -93,8 +111,8 @@ def test_pickled_code_is_never_executed(tmp_path):
 
     bad = tmp_path / "evil.pth"
     torch.save({"features.0.weight": Evil()}, bad)
-    with pytest.raises(LossNetworkWeightsError):
-        VGGFeatures(["relu1_2"], weights=bad)
+    msg = _one_line_error(bad)
+    assert msg.startswith(f"{bad}: not a loadable state_dict (") and "system" in msg, msg
     assert not (tmp_path / "pwned").exists()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import re
 import struct
 import threading
@@ -30,6 +31,8 @@ with warnings.catch_warnings():  # newer Starlette prefers httpx2 for its TestCl
 
 from fast_style.core.model_io import describe, save_safetensors
 from fast_style.core.network import TransformerNet
+from fast_style.infer.backends.fused import fused_available
+from fast_style.infer.backends.ort import onnxruntime_available
 from fast_style.infer.stylizer import Stylizer
 from fast_style.serve import app, cli, jobs, limits, registry
 from fast_style.serve.app import create_app
@@ -254,6 +257,31 @@ def test_stylize_is_the_same_code_path_as_the_stylizer(client, models_dir):
     assert np.abs(arr(ref) - arr(img)).mean() > 5  # the tiny model does change the image
 
 
+def test_the_default_backend_serves_what_the_eager_stylizer_computes(models_dir, caplog):
+    """``create_app`` as ``python -m fast_style.serve`` makes it: no backend given, so "auto",
+    which on the CPU is the fused C kernels when they build here (else ONNX Runtime, else
+    PyTorch). Its result equals eager PyTorch's on the same image; the server reports the
+    backend in its log (the HTTP API does not expose it)."""
+    if fused_available():
+        expected = "fused"
+    else:
+        expected = "onnxruntime" if onnxruntime_available() else "eager"
+    default_app = create_app(models_dir, device="cpu")
+    img = photo(72, 48, seed=5)
+    with caplog.at_level(logging.INFO, logger="fast_style.serve"), TestClient(default_app) as c:
+        res = post(c, encoded(img), strength="0.8", preserve_color="true")
+        assert res.status_code == 200, res.text
+        registry = default_app.state.registry
+        assert registry.stylizer(registry.get(STYLE)).backend == expected
+    assert f"loaded {STYLE} on cpu ({expected})" in caplog.text
+    eager = Stylizer(models_dir / f"{STYLE}.safetensors", device="cpu", backend="eager")
+    ref = arr(eager.stylize_image(img, strength=0.8, preserve_color=True))
+    got = arr(decode(res.content))
+    assert got.shape == ref.shape == (48, 72, 3)
+    assert np.abs(got - ref).max() <= 2 and np.abs(got - ref).mean() < 0.2
+    assert np.abs(ref - arr(img)).mean() > 5  # the model does change the image
+
+
 def test_stylize_formats_alpha_and_exif(client):
     rgba = photo(24, 16, mode="RGBA")
     rgba.putalpha(Image.linear_gradient("L").resize(rgba.size))
@@ -304,6 +332,9 @@ def test_mask_may_have_another_resolution_and_transparency_counts_as_unpainted(c
 # --- errors ----------------------------------------------------------------------------------
 
 
+NOT_AN_IMAGE = "not an image of an accepted type (JPEG, PNG, WEBP, GIF, BMP, TIFF, AVIF)"
+
+
 def huge_png_header(w: int, h: int) -> bytes:
     """A 1×1 PNG whose header claims w×h pixels: a decompression bomb's signature."""
     data = bytearray(encoded(Image.new("L", (1, 1))))
@@ -346,11 +377,17 @@ def test_streamed_upload_too_large_is_413_without_content_length(make_client):
     assert_error(res, 413, "too large")
 
 
-@pytest.mark.parametrize("claimed", [(100_000, 100_000), (5_000, 5_000)])
-def test_decompression_bomb_is_rejected_before_decoding(make_client, claimed):
+@pytest.mark.parametrize(
+    ("claimed", "mp"), [((100_000, 100_000), "10000.0"), ((5_000, 5_000), "25.0")]
+)
+def test_decompression_bomb_is_rejected_before_decoding(make_client, claimed, mp):
+    """The file holds one pixel: decoding it would answer 400 (truncated), so a 413 naming the
+    claimed size shows it was refused from the header alone."""
     client = make_client(max_pixels=1_000_000)
     body = assert_error(post(client, huge_png_header(*claimed)), 413)
-    assert "mp" in body["error"].lower() or "pixels" in body["error"].lower()
+    w, h = claimed
+    assert body["error"] == f"image: {w}x{h} = {mp} MP exceeds the limit of 1.0 MP"
+    assert body["detail"] == {"max_pixels": 1_000_000}
 
 
 def test_pixel_count_limit_is_413(make_client):
@@ -370,13 +407,17 @@ def test_pixel_count_limit_is_413(make_client):
     ids=["text", "pdf", "svg", "eps"],
 )
 def test_non_images_are_415(client, payload):
-    assert_error(post(client, payload, filename="x.bin"), 415, "not an image")
+    body = assert_error(post(client, payload, filename="x.bin"), 415)
+    assert body["error"] == f"image: {NOT_AN_IMAGE}"
 
 
 def test_corrupt_and_empty_images_are_400(client):
     jpeg = encoded(photo(64, 64), "JPEG")
-    assert_error(post(client, jpeg[: len(jpeg) // 2], filename="cut.jpg"), 400, "corrupt")
-    assert_error(post(client, b"", filename="empty.png"), 400, "empty")
+    body = assert_error(post(client, jpeg[: len(jpeg) // 2], filename="cut.jpg"), 400)
+    assert body["error"].startswith("image: corrupt or truncated image (image file is truncated")
+    assert assert_error(post(client, b"", filename="empty.png"), 400)["error"] == (
+        "image: empty upload"
+    )
 
 
 def test_unknown_style_is_404(client):
@@ -407,15 +448,20 @@ def test_bad_parameters_are_422(client, fields, field):
 
 
 def test_missing_fields_are_422(client):
-    assert_error(post(client, None), 422, "image")
+    body = assert_error(post(client, None), 422)
+    assert body["error"] == "invalid parameters: image: Field required"
+    assert body["detail"] == [{"field": "image", "message": "Field required"}]
     res = client.post("/api/stylize", files={"image": ("a.png", encoded(photo(8, 8)))})
-    assert_error(res, 422, "style")
+    assert assert_error(res, 422)["error"] == "invalid parameters: style: Field required"
 
 
 def test_bad_masks(client):
     img = encoded(photo(64, 32))
-    assert_error(post(client, img, mask=encoded(Image.new("L", (32, 32)))), 422, "aspect")
-    assert_error(post(client, img, mask=b"not a png"), 415, "mask")
+    body = assert_error(post(client, img, mask=encoded(Image.new("L", (32, 32)))), 422)
+    assert body["error"] == "mask is 32x32 but the image is 64x32: aspect ratios differ"
+    assert body["detail"] == {"mask_size": [32, 32], "image_size": [64, 32]}
+    body = assert_error(post(client, img, mask=b"not a png"), 415)
+    assert body["error"] == f"mask: {NOT_AN_IMAGE}"
 
 
 def test_a_model_that_fails_to_load_and_unexpected_errors_are_json_500(tmp_path, models_dir):
@@ -632,14 +678,18 @@ def test_limits_defaults_and_validation():
     assert (d.client_share, d.pixel_budget) == (8, 80_000_000)
     assert (d.body_timeout, d.body_idle_timeout) == (30.0, 10.0)
     assert Limits(queue=2).client_share == 1 and Limits(queue=1).client_share == 1
-    for bad in (
-        {"per_client": 0},
-        {"per_client": 40},
-        {"body_timeout": 0.0},
-        {"body_idle_timeout": -1.0},
-        {"max_inflight_pixels": 1000},
+    for bad, message in (
+        ({"per_client": 0}, "per_client must be at least 1, got 0"),
+        ({"per_client": 40}, "per_client (40) must be at most queue (32)"),
+        ({"body_timeout": 0.0}, "body_timeout must be positive, got 0.0"),
+        ({"body_idle_timeout": -1.0}, "body_idle_timeout must be positive, got -1.0"),
+        (
+            {"max_inflight_pixels": 1000},
+            "max_inflight_pixels (1000) must be at least max_pixels (40000000), or the "
+            "largest accepted image could never be decoded",
+        ),
     ):
-        with pytest.raises(ValueError, match="must be"):
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
             Limits(**bad)
 
 
@@ -697,14 +747,24 @@ def test_main_warns_when_not_on_loopback_and_rejects_bad_options(
 ):
     uvicorn = pytest.importorskip("uvicorn")
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
-    cli.main(["--models", str(models_dir), "--host", "0.0.0.0", "--backend", "eager"])
-    assert "WARNING" in capsys.readouterr().err
-    for argv in (
-        ["--models", str(tmp_path / "none")],
-        ["--models", str(models_dir), "--workers", "0"],
-        ["--models", str(models_dir), "--body-timeout", "0"],
-        ["--models", str(models_dir), "--max-pixels", "100", "--max-inflight-pixels", "50"],
+    assert cli.main(["--models", str(models_dir), "--host", "0.0.0.0", "--backend", "eager"]) == 0
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "  WARNING: bound to 0.0.0.0, not loopback: anyone who can reach this machine can use it."
+    )
+    for argv, message in (
+        (["--models", str(tmp_path / "none")], f"--models {tmp_path / 'none'}: no such folder"),
+        (["--models", str(models_dir), "--workers", "0"], "workers must be at least 1, got 0"),
+        (
+            ["--models", str(models_dir), "--body-timeout", "0"],
+            "body_timeout must be positive, got 0.0",
+        ),
+        (
+            ["--models", str(models_dir), "--max-pixels", "100", "--max-inflight-pixels", "50"],
+            "max_inflight_pixels (50) must be at least max_pixels (100), or the largest "
+            "accepted image could never be decoded",
+        ),
     ):
         with pytest.raises(SystemExit) as e:
             cli.main(argv)
         assert e.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == f"fast-style serve: error: {message}"

@@ -21,7 +21,7 @@ from fast_style.train.callbacks import TimeBudget
 from fast_style.train.config import ConfigError, validate
 from fast_style.train.data import DeviceBatches, GPUImageBank
 from fast_style.train.system import StyleTransferSystem
-from tests.conftest import run_train, smoke_args
+from tests.conftest import DataSource, run_train
 
 
 def _settings(*overrides: str):
@@ -70,10 +70,16 @@ def test_device_batches_cover_an_epoch_without_replacement(photo_files):
 
 def test_loss_network_stops_at_the_deepest_requested_tap():
     net = VGGFeatures({"relu1_2", "relu2_2", "relu4_3"}, weights="random")
+    ran: list[str] = []
+    for name, layer in zip(net.names, net.layers, strict=True):
+        layer.register_forward_hook(lambda *_a, name=name: ran.append(name))
     x = torch.rand(1, 3, 32, 32)
     full = net(x)
+    assert ran == net.names and ran[-1] == "relu4_3"
+    ran.clear()
     part = net(x, taps=("relu2_2",))
     assert list(part) == ["relu2_2"]
+    assert ran == net.names[: net.names.index("relu2_2") + 1]  # nothing after relu2_2 ran
     torch.testing.assert_close(part["relu2_2"], full["relu2_2"])
 
 
@@ -147,12 +153,13 @@ def test_time_budget_lowers_max_steps_and_never_raises_it():
     assert trainer.max_steps == 37
 
 
-def test_two_style_run_with_gpu_cache_then_fine_tune(tmp_path, vgg_weights, train_dir):
-    """End to end on the CPU: two styles, the device-resident data path, one export each,
-    the throughput report; then a fine-tune from those exports records where it started."""
+def test_two_style_run_with_gpu_cache_then_fine_tune(tmp_path, synthetic_source: DataSource):
+    """End to end on the CPU (synthetic layer): two styles, the device-resident data path, one
+    export each, the throughput report; then a fine-tune from those exports records where it
+    started and starts from their weights."""
     run1 = tmp_path / "run1"
     proc = run_train(
-        smoke_args(
+        synthetic_source.train_args(
             run1,
             "styles=[starry_night,udnie]",
             "data.gpu_cache=true",
@@ -170,7 +177,7 @@ def test_two_style_run_with_gpu_cache_then_fine_tune(tmp_path, vgg_weights, trai
         assert meta["training"]["styles"] == [meta["training"]["style"]]
     run2 = tmp_path / "run2"
     proc = run_train(
-        smoke_args(
+        synthetic_source.train_args(
             run2,
             "styles=[starry_night,udnie]",
             f"train.init_dir={run1}",
@@ -182,16 +189,24 @@ def test_two_style_run_with_gpu_cache_then_fine_tune(tmp_path, vgg_weights, trai
     _, meta = load_model(run2 / "udnie.safetensors")
     assert meta["fine_tuned_from"]["global_step"] == 4
     assert meta["fine_tuned_from"]["style"] == "udnie"
+    # and it started from those exports' weights, each style from its own
+    system = StyleTransferSystem(_settings("styles=[starry_night,udnie]", f"train.init_dir={run1}"))
+    for name, net in zip(("starry_night", "udnie"), system.nets, strict=True):
+        exported, _ = load_model(run1 / f"{name}.safetensors")
+        for key, value in exported.state_dict().items():
+            torch.testing.assert_close(net.state_dict()[key], value, msg=f"{name}: {key}")
 
 
-def test_fine_tune_from_a_different_width_is_one_clear_error(tmp_path, smoke_run, vgg_weights):
+def test_fine_tune_from_a_different_width_is_one_clear_error(tmp_path, synthetic_smoke_run):
     """The smoke model is slim; fine-tuning a full-width (johnson) network from it fails."""
     (tmp_path / "init").mkdir()
     (tmp_path / "init" / "starry_night.safetensors").write_bytes(
-        (smoke_run / "starry_night.safetensors").read_bytes()
+        (synthetic_smoke_run / "starry_night.safetensors").read_bytes()
     )
     settings = _settings(f"train.init_dir={tmp_path / 'init'}", "model=johnson")
     from fast_style.core.model_io import ModelFileError
 
-    with pytest.raises(ModelFileError, match="is not model=johnson"):
+    with pytest.raises(
+        ModelFileError, match=r"starry_night\.safetensors: its network .* is not model=johnson"
+    ):
         StyleTransferSystem(settings)

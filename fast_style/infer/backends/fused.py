@@ -9,19 +9,27 @@ passes, several single-threaded, and they took a third of the time of the slim n
 into the next convolution's padded NHWC input. The convolutions are ``DeployNet``'s (same
 weights), so the output equals ``TransformerNet``'s to float rounding.
 
-The C file is compiled at first use with the system C compiler (``$CC``, ``cc`` or ``gcc``;
-``-O3 -march=native -fopenmp``) into ``$FAST_STYLE_CACHE/ext`` (default
-``~/.cache/fast_style/ext``), keyed by the source, the flags, the compiler and the CPU, and
-loaded with ``ctypes`` (no Python headers needed). Without a working compiler the backend is
-unavailable and ``Stylizer``'s ``auto`` falls back to ONNX Runtime. ``FAST_STYLE_NO_FUSED=1``
+``FusedRunner`` walks ``DeployNet``'s named stages (``fast_style.core.network.named_stages``)
+into a flat plan of conv units, each followed by one glue pass; it knows the stage kinds
+"conv", "residual" (conv units + skip), "upsample" (sub-pixel) and "output" (row split), not
+any layer's position.
+
+Building: the C file is compiled at first use with the system C compiler (``$CC``, ``cc`` or
+``gcc``; ``-O3 -march=native -fopenmp``) into ``$FAST_STYLE_CACHE/ext`` (default
+``~/.cache/fast_style/ext``), keyed by the source, the flags, the compiler, the CPU and the
+OpenMP runtime, and loaded with ``ctypes`` (no Python headers needed). It is linked against
+the OpenMP runtime PyTorch already has in the process (``openmp_runtime``: the libgomp a pip
+wheel bundles, say), so that the kernels and PyTorch's convolutions share one runtime and one
+thread pool instead of two pools competing for the cores. The library reports an ABI version
+that the loader checks (a stale build is rebuilt once). Without a working compiler the backend
+is unavailable and ``Stylizer``'s ``auto`` falls back to ONNX Runtime. ``FAST_STYLE_NO_FUSED=1``
 switches it off.
 
-Allocator: the activations of a 512² image are tens of MB. glibc returns freed blocks of that
-size to the OS and page-faults them back in on the next image, which cost this backend 18% of
-the slim network's time and eager PyTorch more (docs/benchmarks.md). ``tune_malloc`` (called
-when the backend is built, and by ``Stylizer`` on CPU; ``FAST_STYLE_MALLOC_TUNING=0`` skips it)
-raises glibc's mmap and trim thresholds to 1 GiB so that they are reused. It is process-wide
-and keeps up to that much freed memory in the heap.
+Safety: every kernel call goes through a wrapper (``norm_stats``, ``norm_apply``,
+``rowsplit_tail``) that checks dtypes, layouts, sizes, pads and buffer shapes in Python and
+raises ``ValueError``; the C side re-checks its arguments and allocations and returns an error
+code, raised as ``FusedKernelError`` (``MemoryError`` for a failed allocation). A bad call
+never crashes the process.
 """
 
 from __future__ import annotations
@@ -29,29 +37,61 @@ from __future__ import annotations
 import copy
 import ctypes
 import hashlib
+import math
 import os
 import platform
+import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from fast_style.core.imaging import pad_to_multiple
-from fast_style.core.network import MIN_SIZE, SIZE_MULTIPLE, TransformerNet
-from fast_style.infer.export import DeployNet
+from fast_style.core.network import (
+    MIN_SIZE,
+    SIZE_MULTIPLE,
+    ConvNormAct,
+    Stage,
+    TransformerNet,
+    named_norms,
+    named_stages,
+    norm_params,
+)
+from fast_style.infer.allocator import tune_malloc
+from fast_style.infer.deploy import DeployNet, RowSplitConv, SubPixelConvLayer
+
+__all__ = [
+    "ABI_VERSION",
+    "AbiMismatchError",
+    "FusedKernelError",
+    "FusedRunner",
+    "FusedUnavailableError",
+    "Source",
+    "build_library",
+    "fused_available",
+    "load_library",
+    "mapped_openmp_runtimes",
+    "norm_apply",
+    "norm_stats",
+    "openmp_runtime",
+    "rowsplit_tail",
+    "tune_malloc",  # re-exported from fast_style.infer.allocator (its old home)
+    "unavailable_reason",
+]
 
 SOURCE = Path(__file__).with_name("csrc") / "fused_glue.c"
+ABI_VERSION = 2  # fused_glue.c's FS_ABI_VERSION; the loader refuses a library reporting another
 CFLAGS = (
     "-O3",
     "-march=native",
     "-fopenmp",
     "-fPIC",
-    "-shared",
     "-std=gnu99",
     # no errno or FP-trap side effects: lets the compiler vectorise floor/fmax and if-convert
     # selects (the output sigmoid); unlike -ffast-math, keeps IEEE semantics otherwise
@@ -59,34 +99,26 @@ CFLAGS = (
     "-fno-trapping-math",
 )
 _CL = torch.channels_last
-_MALLOC_THRESHOLD = 1 << 30  # bytes (glibc's M_MMAP_THRESHOLD and M_TRIM_THRESHOLD)
+_FS_ENOMEM = 2  # fused_glue.c's error code for a failed allocation (FS_EINVAL is 1)
+# fused_glue.c's bounds (FS_MAX_THREADS, FS_MAX_CHANNELS): refused here first, with a message.
+MAX_THREADS = 4096
+MAX_CHANNELS = 1 << 20
+# Shared-library names of the OpenMP runtimes GCC-compiled code can link against: GNU libgomp
+# (also under a wheel's hashed name, libgomp-<hash>.so.1), Intel's libiomp5 and LLVM's libomp
+# (both export the GOMP_* entry points GCC emits).
+_OPENMP_NAME = re.compile(r"lib(gomp|iomp5|omp)([-.][^/]*)?\.so(\.\d+)*")
 
 
 class FusedUnavailableError(RuntimeError):
     """The fused backend cannot run here (no compiler, failed build, switched off)."""
 
 
-class _Src(ctypes.Structure):
-    """``fs_src`` of fused_glue.c: how a kernel reads an NHWC image."""
-
-    _fields_ = [
-        ("p", ctypes.c_void_p),
-        ("bs", ctypes.c_int64),
-        ("rs", ctypes.c_int64),
-        ("cs", ctypes.c_int64),
-        ("C", ctypes.c_int64),
-        ("sub", ctypes.c_int32),
-    ]
+class AbiMismatchError(FusedUnavailableError):
+    """The compiled library reports another ABI version than this Python code expects."""
 
 
-def _src(t: torch.Tensor, *, channels: int | None = None, sub: bool = False, offset: int = 0):
-    """A kernel's view of ``t`` (B, C, H, W) in channels_last memory, optionally starting
-    ``offset`` pixels down and right (the interior of a padded buffer)."""
-    sb, sc, sh, sw = t.stride()
-    if sc != 1:
-        raise ValueError("fused kernels need channels_last tensors")
-    ptr = t.data_ptr() + t.element_size() * offset * (sh + sw)
-    return _Src(ptr, sb, sh, sw, channels or t.shape[1], int(sub))
+class FusedKernelError(RuntimeError):
+    """A fused kernel refused its arguments (an error code from fused_glue.c)."""
 
 
 # --- building and loading the kernels ----------------------------------------------------------
@@ -106,6 +138,33 @@ def find_compiler() -> str | None:
     return shutil.which("cc") or shutil.which("gcc")
 
 
+def mapped_openmp_runtimes() -> list[str]:
+    """Real paths of the OpenMP runtimes mapped into this process (``/proc/self/maps``);
+    empty off Linux. More than one means two thread pools competing for the cores."""
+    try:
+        with open("/proc/self/maps") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    found = set()
+    for line in lines:
+        parts = line.split(None, 5)
+        if len(parts) == 6 and _OPENMP_NAME.fullmatch(Path(parts[5].strip()).name):
+            found.add(os.path.realpath(parts[5].strip()))
+    return sorted(found)
+
+
+def openmp_runtime() -> Path | None:
+    """The OpenMP runtime PyTorch runs on in this process (the kernels link against it):
+    the one inside torch's installation if several are mapped. None off Linux, or when torch
+    loaded none (then the compiler's own runtime is linked, the only one in the process)."""
+    runtimes = [Path(p) for p in mapped_openmp_runtimes()]
+    site = Path(torch.__file__).resolve().parent.parent  # torch/lib and torch.libs live here
+    inside = [p for p in runtimes if site in p.parents]
+    ranked = inside or runtimes
+    return ranked[0] if ranked else None
+
+
 def _cpu_signature() -> str:
     """What ``-march=native`` depends on: the machine and its CPU flags."""
     sig = platform.machine()
@@ -119,8 +178,9 @@ def _cpu_signature() -> str:
     return sig
 
 
-def _library_path(cc: str) -> Path:
-    """Where the build of this source, with these flags, compiler and CPU, is cached."""
+def _library_path(cc: str, runtime: Path | None) -> Path:
+    """Where the build of this source, with these flags, compiler, CPU and OpenMP runtime, is
+    cached."""
     try:
         version = subprocess.run(
             [cc, "--version"], capture_output=True, text=True, timeout=30
@@ -130,7 +190,7 @@ def _library_path(cc: str) -> Path:
     key = hashlib.sha256()
     for part in (SOURCE.read_bytes(), " ".join(CFLAGS).encode(), version.encode()):
         key.update(part)
-    key.update(_cpu_signature().encode())
+    key.update(f"{_cpu_signature()}|{runtime}|abi{ABI_VERSION}".encode())
     return ext_cache_dir() / f"fused_glue-{key.hexdigest()[:24]}.so"
 
 
@@ -140,6 +200,20 @@ def _check_switch() -> None:
         raise FusedUnavailableError("switched off by FAST_STYLE_NO_FUSED")
 
 
+def _build_commands(cc: str, runtime: Path | None, out: Path) -> list[list[str]]:
+    """Compiler invocations that build ``out``. With a known runtime: compile with -fopenmp,
+    then link against that runtime by path with an rpath to its folder, not the compiler's
+    ``-lgomp`` (which would map a second runtime next to PyTorch's)."""
+    if runtime is None:
+        return [[cc, *CFLAGS, "-shared", "-o", str(out), str(SOURCE), "-lm"]]
+    obj = out.with_suffix(".o")
+    link = [str(obj), str(runtime), f"-Wl,-rpath,{runtime.parent}", "-lm"]
+    return [
+        [cc, *CFLAGS, "-c", "-o", str(obj), str(SOURCE)],
+        [cc, "-shared", "-pthread", "-o", str(out), *link],
+    ]
+
+
 def build_library(force: bool = False) -> Path:
     """Compile ``csrc/fused_glue.c`` (about 2 s) unless a cached build exists; returns
     the shared library's path. Raises ``FusedUnavailableError`` with the reason."""
@@ -147,7 +221,8 @@ def build_library(force: bool = False) -> Path:
     cc = find_compiler()
     if cc is None:
         raise FusedUnavailableError("no C compiler found (set CC or install gcc)")
-    path = _library_path(cc)
+    runtime = openmp_runtime()
+    path = _library_path(cc, runtime)
     if path.is_file() and not force:
         return path
     try:
@@ -157,7 +232,17 @@ def build_library(force: bool = False) -> Path:
         out_dir = Path(tempfile.mkdtemp(prefix="fast_style_ext_"))
         path = out_dir / path.name
     tmp = out_dir / f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.so"
-    cmd = [cc, *CFLAGS, "-o", str(tmp), str(SOURCE), "-lm"]
+    try:
+        for cmd in _build_commands(cc, runtime, tmp):
+            _run_compiler(cc, cmd)
+        tmp.replace(path)  # atomic: a concurrent process never loads a half-written file
+    finally:
+        tmp.with_suffix(".o").unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _run_compiler(cc: str, cmd: list[str]) -> None:
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -165,8 +250,6 @@ def build_library(force: bool = False) -> Path:
     if res.returncode != 0:
         first = (res.stderr.strip().splitlines() or ["no message"])[0]
         raise FusedUnavailableError(f"{cc} could not build the fused kernels: {first}")
-    tmp.replace(path)  # atomic: a concurrent process never loads a half-written file
-    return path
 
 
 _LIB: ctypes.CDLL | None = None
@@ -181,13 +264,41 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.fs_norm_apply.argtypes = [src, src, i64, i64, i64, ptr, ptr, i64, i32, i64, i32, ptr, i32]
     lib.fs_rowsplit_tail.argtypes = [ptr, i64, i64, i64, i64, i64, i64, i64, i64, ptr, i32]
     for fn in (lib.fs_norm_stats, lib.fs_norm_apply, lib.fs_rowsplit_tail):
-        fn.restype = None
+        fn.restype = i32  # FS_OK (0) or an FS_E* code
     return lib
+
+
+def _dlclose(lib: ctypes.CDLL) -> None:
+    """Drop this handle's reference (the file stays mapped while others hold it)."""
+    import _ctypes
+
+    close = getattr(_ctypes, "dlclose", None)
+    if close is not None:
+        close(lib._handle)
+
+
+def _open(path: Path) -> ctypes.CDLL:
+    """Load the library at ``path`` and check its ABI version before declaring anything."""
+    lib = ctypes.CDLL(str(path))
+    try:
+        fn = lib.fs_abi_version
+    except AttributeError:
+        found: int | None = None  # built before the library had a version
+    else:
+        fn.argtypes, fn.restype = [], ctypes.c_int
+        found = int(fn())
+    if found != ABI_VERSION:
+        _dlclose(lib)
+        raise AbiMismatchError(
+            f"{path.name} has kernel ABI version {found}, this fast_style expects {ABI_VERSION}"
+        )
+    return _declare(lib)
 
 
 def load_library() -> ctypes.CDLL:
     """The compiled kernels (built on first use, once per process). A cached build that does
-    not load (damaged file) is rebuilt once. Raises ``FusedUnavailableError``."""
+    not load (damaged file) or reports another ABI version is rebuilt once. Raises
+    ``FusedUnavailableError`` (``AbiMismatchError`` if the rebuild still mismatches)."""
     global _LIB, _LIB_ERROR
     _check_switch()
     with _LIB_LOCK:
@@ -197,14 +308,22 @@ def load_library() -> ctypes.CDLL:
             raise FusedUnavailableError(_LIB_ERROR)
         try:
             try:
-                lib = ctypes.CDLL(str(build_library()))
-            except OSError:
-                lib = ctypes.CDLL(str(build_library(force=True)))
-            _LIB = _declare(lib)
+                lib = _open(build_library())
+            except (OSError, AttributeError, AbiMismatchError):
+                lib = _open(build_library(force=True))
+            _LIB = lib
             return _LIB
+        except AbiMismatchError as e:
+            _LIB_ERROR = str(e)
+            raise
         except (FusedUnavailableError, OSError, AttributeError) as e:
             _LIB_ERROR = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise FusedUnavailableError(_LIB_ERROR) from None
+
+
+def _lib() -> ctypes.CDLL:
+    """The loaded library (kernel calls after the first load skip the lock and the switch)."""
+    return _LIB if _LIB is not None else load_library()
 
 
 def fused_available() -> bool:
@@ -225,36 +344,229 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def tune_malloc() -> bool:
-    """Raise glibc's mmap/trim thresholds so that large freed activations are reused instead
-    of being unmapped and page-faulted back in on every image. No-op (False) off glibc or with
-    ``FAST_STYLE_MALLOC_TUNING=0``."""
-    if os.environ.get("FAST_STYLE_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith(
-        "linux"
-    ):
-        return False
-    if platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    ok = libc.mallopt(m_mmap_threshold, _MALLOC_THRESHOLD)
-    return bool(ok and libc.mallopt(m_trim_threshold, _MALLOC_THRESHOLD))
+# --- checked kernel calls ----------------------------------------------------------------------
 
 
-# --- the network ------------------------------------------------------------------------------
+class _Src(ctypes.Structure):
+    """``fs_src`` of fused_glue.c: how a kernel reads an NHWC image."""
+
+    _fields_ = [
+        ("p", ctypes.c_void_p),
+        ("bs", ctypes.c_int64),
+        ("rs", ctypes.c_int64),
+        ("cs", ctypes.c_int64),
+        ("C", ctypes.c_int64),
+        ("sub", ctypes.c_int32),
+    ]
 
 
+def _check_f32(t: object, what: str, dim: int | None = None) -> torch.Tensor:
+    """``t`` must be a non-empty float32 CPU tensor (of ``dim`` dimensions if given)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != torch.float32 or t.device.type != "cpu":
+        raise ValueError(f"{what} must be float32 on the CPU, got {t.dtype} on {t.device}")
+    if (dim is not None and t.dim() != dim) or t.numel() == 0:
+        raise ValueError(f"{what} must be a non-empty {dim}-D tensor, got {tuple(t.shape)}")
+    return t
+
+
+def _check_threads(threads: int) -> int:
+    if not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+        raise ValueError(f"threads must be an integer in 1..{MAX_THREADS}, got {threads!r}")
+    return threads
+
+
+@dataclass(frozen=True)
+class Source:
+    """A kernel's read-only view of a float32 CPU image whose channels are adjacent in memory
+    (channels_last): ``tensor`` (B, C, H, W), or its interior ``offset`` pixels in from every
+    side (a padded buffer), or with ``sub`` the 4-phase output (B, 4C, h + 1, w + 1) of a
+    sub-pixel conv read as the image (B, C, 2h, 2w). Checked on construction."""
+
+    tensor: torch.Tensor
+    offset: int = 0
+    sub: bool = False
+
+    def __post_init__(self) -> None:
+        t = _check_f32(self.tensor, "source", 4)
+        if t.stride(1) != 1:
+            raise ValueError(f"source must be channels_last (channel stride 1), got {t.stride()}")
+        b, c, h, w = t.shape
+        if self.sub and (self.offset != 0 or c % 4 or h < 2 or w < 2):
+            raise ValueError(
+                f"a sub-pixel source is (B, 4C, h + 1 ≥ 2, w + 1 ≥ 2), got {(b, c, h, w)}"
+            )
+        if not isinstance(self.offset, int) or self.offset < 0 or 2 * self.offset >= min(h, w):
+            raise ValueError(f"offset {self.offset!r} leaves no interior in {h}x{w}")
+        if self.size[1] > MAX_CHANNELS:
+            raise ValueError(f"source has {self.size[1]} channels, at most {MAX_CHANNELS}")
+
+    @property
+    def size(self) -> tuple[int, int, int, int]:
+        """The image read: (B, C, H, W)."""
+        b, c, h, w = self.tensor.shape
+        if self.sub:
+            return b, c // 4, 2 * (h - 1), 2 * (w - 1)
+        return b, c, h - 2 * self.offset, w - 2 * self.offset
+
+    def struct(self) -> _Src:
+        t = self.tensor
+        sb, _, sh, sw = t.stride()
+        ptr = t.data_ptr() + t.element_size() * self.offset * (sh + sw)
+        return _Src(ptr, sb, sh, sw, self.size[1], int(self.sub))
+
+
+def _vector(t: torch.Tensor, n: int, what: str) -> torch.Tensor:
+    _check_f32(t, what, 1)
+    if t.shape[0] != n or not t.is_contiguous():
+        raise ValueError(f"{what} must be a contiguous ({n},) tensor, got {tuple(t.shape)}")
+    return t
+
+
+def _raise_for(code: int, kernel: str) -> None:
+    """Python's error for a kernel's return code (0: none)."""
+    if code == _FS_ENOMEM:
+        raise MemoryError(f"{kernel}: out of memory")
+    if code != 0:
+        raise FusedKernelError(f"{kernel} refused its arguments (error {code})")
+
+
+def norm_stats(
+    src: Source, gamma: torch.Tensor, beta: torch.Tensor, eps: float, threads: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Instance-norm statistics of ``src`` (B, C, H, W) folded with γ/β (C,): (scale, shift),
+    each (B, C), such that the norm is ``x * scale + shift`` per image and channel."""
+    b, c, h, w = src.size
+    _vector(gamma, c, "gamma")
+    _vector(beta, c, "beta")
+    if not (isinstance(eps, float | int) and math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps must be a finite number ≥ 0, got {eps!r}")
+    scale, shift = torch.empty(b, c), torch.empty(b, c)
+    s = src.struct()
+    code = _lib().fs_norm_stats(
+        ctypes.byref(s), b, h, w, gamma.data_ptr(), beta.data_ptr(), float(eps),
+        scale.data_ptr(), shift.data_ptr(), _check_threads(threads),
+    )  # fmt: skip
+    _raise_for(code, "fs_norm_stats")
+    return scale, shift
+
+
+def _check_affine(scale: torch.Tensor, shift: torch.Tensor, b: int, c: int) -> int:
+    """(B, C) per image or (C,) for the whole batch; returns the row stride (C or 0)."""
+    _check_f32(scale, "scale")
+    _check_f32(shift, "shift")
+    shapes = (tuple(scale.shape), tuple(shift.shape))
+    if shapes[0] != shapes[1] or shapes[0] not in ((b, c), (c,)):
+        raise ValueError(f"scale and shift must both be ({b}, {c}) or ({c},), got {shapes}")
+    if not (scale.is_contiguous() and shift.is_contiguous()):
+        raise ValueError("scale and shift must be contiguous")
+    return c if scale.dim() == 2 else 0
+
+
+def norm_apply(
+    src: Source,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    *,
+    relu: bool,
+    pad: int,
+    replicate: bool = False,
+    skip: Source | None = None,
+    threads: int = 1,
+) -> torch.Tensor:
+    """``src * scale + shift`` (+ ``skip``) → ReLU if ``relu`` → padded by ``pad`` (reflect, or
+    replicate): (B, C, H + 2 pad, W + 2 pad), a channels_last view. ``scale``/``shift``: (B, C)
+    or (C,). A skip (same size as ``src``, not sub-pixel) excludes ``relu``."""
+    b, c, h, w = src.size
+    stride = _check_affine(scale, shift, b, c)
+    if not isinstance(pad, int) or pad < 0 or (pad > min(h, w) if replicate else pad >= min(h, w)):
+        mode = "replicate: at most H and W" if replicate else "reflect: below H and W"
+        raise ValueError(f"pad {pad!r} out of range for a {h}x{w} image ({mode})")
+    if skip is not None:
+        if skip.size != src.size or skip.sub or src.sub:
+            raise ValueError(
+                f"skip {skip.size} must be a plain source of the size of src {src.size}"
+            )
+        if relu:
+            raise ValueError("the skip is added after the norm, with no ReLU after it")
+    out = torch.empty(b, h + 2 * pad, w + 2 * pad, c)
+    s, k = src.struct(), skip.struct() if skip is not None else None
+    code = _lib().fs_norm_apply(
+        ctypes.byref(s), ctypes.byref(k) if k is not None else None, b, h, w,
+        scale.data_ptr(), shift.data_ptr(), stride, int(bool(relu)), pad, int(bool(replicate)),
+        out.data_ptr(), _check_threads(threads),
+    )  # fmt: skip
+    _raise_for(code, "fs_norm_apply")
+    return out.permute(0, 3, 1, 2)  # (B, C, H', W') view, channels_last in memory
+
+
+def rowsplit_tail(
+    t: torch.Tensor, cout: int, rows: int, size: tuple[int, int], threads: int = 1
+) -> torch.Tensor:
+    """The row-split output conv's tail: ``t`` (B, K ≥ cout · rows, Ht, Wt) channels_last, the
+    1×k conv's output, → ``0.5 · (tanh(Σ_dy t[o · rows + dy] shifted dy rows) + 1)`` cropped to
+    ``size`` = (h, w): (B, cout, h, w) NCHW in [0, 1]."""
+    _check_f32(t, "t", 4)
+    if not t.is_contiguous(memory_format=_CL):
+        raise ValueError(f"t must be channels_last-contiguous, got strides {t.stride()}")
+    b, k, ht, wt = t.shape
+    h, w = size
+    if not all(isinstance(v, int) and v >= 1 for v in (cout, rows, h, w)):
+        raise ValueError(f"cout, rows, h, w must be positive integers, got {cout, rows, h, w}")
+    if cout * rows > k or h + rows - 1 > ht or w > wt or k > MAX_CHANNELS:
+        raise ValueError(
+            f"t {tuple(t.shape)} is too small for {cout} x {rows} rows at {h}x{w} "
+            f"(needs K ≥ {cout * rows}, Ht ≥ {h + rows - 1}, Wt ≥ {w})"
+        )
+    out = torch.empty(b, cout, h, w)
+    code = _lib().fs_rowsplit_tail(
+        t.data_ptr(), b, ht, wt, k, cout, rows, h, w, out.data_ptr(), _check_threads(threads)
+    )
+    _raise_for(code, "fs_rowsplit_tail")
+    return out
+
+
+# --- the network as a plan of conv units ------------------------------------------------------
+
+
+@dataclass
 class _Norm:
-    """One instance norm's affine parameters and epsilon."""
+    """One norm layer: its name (``named_norms``), γ/β (C,) and epsilon."""
 
-    def __init__(self, m: torch.nn.InstanceNorm2d):
-        self.channels = m.num_features
-        self.gamma = m.weight.detach().float().contiguous()
-        self.beta = m.bias.detach().float().contiguous()
-        self.eps = float(m.eps)
+    name: str
+    gamma: torch.Tensor
+    beta: torch.Tensor
+    eps: float
+
+    @classmethod
+    def of(cls, name: str, m: nn.Module) -> _Norm:
+        if not isinstance(m, nn.InstanceNorm2d):
+            raise NotImplementedError(f"{name}: the fused kernels compute instance norms only")
+        gamma, beta, eps = norm_params(m)
+        return cls(name, _vec(gamma), _vec(beta), eps)
+
+    @property
+    def channels(self) -> int:
+        return self.gamma.numel()
+
+
+@dataclass
+class _Step:
+    """One convolution of the plan and the glue pass after it."""
+
+    name: str
+    weight: torch.Tensor  # channels_last
+    bias: torch.Tensor
+    stride: int
+    groups: int
+    norm: _Norm
+    relu: bool
+    pad: int  # the pad this conv's input needs (written by the previous glue pass)
+    replicate: bool = False  # that pad replicates (sub-pixel stages) instead of reflecting
+    sub: bool = False  # the conv is a sub-pixel stage's 4-phase conv
+    block_start: bool = False  # its input is a residual block's input, kept for the skip
+    skip: bool = False  # the glue adds that block input
 
 
 def _cl(t: torch.Tensor) -> torch.Tensor:
@@ -266,144 +578,155 @@ def _vec(t: torch.Tensor) -> torch.Tensor:
     return t.detach().float().contiguous()
 
 
+def _relu(name: str, act: nn.Module) -> bool:
+    if isinstance(act, nn.ReLU | nn.Identity):
+        return isinstance(act, nn.ReLU)
+    raise NotImplementedError(f"{name}: the fused kernels apply ReLU or nothing, not {act}")
+
+
+def _unit_step(name: str, unit: ConvNormAct) -> _Step:
+    """A ``ConvNormAct`` (reflect pad → conv → instance norm → ReLU or identity) as a step."""
+    conv, pad = unit.conv, unit.pad
+    p = tuple(pad.padding) if isinstance(pad, nn.ReflectionPad2d) else None
+    if p is None or len(set(p)) != 1 or conv.padding != (0, 0) or conv.dilation != (1, 1):
+        raise NotImplementedError(f"{name}: needs an even reflection pad and an unpadded conv")
+    if conv.bias is None or conv.stride[0] != conv.stride[1]:
+        raise NotImplementedError(f"{name}: needs a conv with bias and equal strides")
+    return _Step(
+        name, _cl(conv.weight), _vec(conv.bias), conv.stride[0], conv.groups,
+        _Norm.of(f"{name}.norm", unit.norm), _relu(name, unit.act), pad=p[0],
+    )  # fmt: skip
+
+
+def _residual_steps(name: str, block: Stage) -> list[_Step]:
+    """A "residual" stage: its conv units, the last one adding the block input."""
+    steps = [_unit_step(f"{name}.{u}", unit) for u, unit in block.units()]
+    first, last = steps[0], steps[-1]
+    if last.relu or any(s.stride != 1 for s in steps):
+        raise NotImplementedError(f"{name}: the skip needs stride 1 and no ReLU after the add")
+    if last.weight.shape[0] != first.weight.shape[1] * first.groups:
+        raise NotImplementedError(f"{name}: the block changes the channel count")
+    first.block_start, last.skip = True, True
+    return steps
+
+
+def _subpixel_step(name: str, stage: SubPixelConvLayer) -> _Step:
+    """An "upsample" stage (``SubPixelConvLayer``): one 4-phase 2×2 conv, replicate pad 1."""
+    return _Step(
+        name, _cl(stage.weight), _vec(stage.bias), 1, 1, _Norm.of(f"{name}.layer.norm", stage.norm),
+        _relu(name, stage.act), pad=1, replicate=True, sub=True,
+    )  # fmt: skip
+
+
+def build_plan(d: DeployNet) -> tuple[list[_Step], RowSplitConv]:
+    """``d``'s named stages as conv steps, in forward order, and the output stage."""
+    steps: list[_Step] = []
+    output = None
+    for name, stage in named_stages(d):
+        if output is not None:
+            raise NotImplementedError(f"{name}: the fused kernels need the output stage last")
+        if stage.kind == "conv" and isinstance(stage, ConvNormAct):
+            steps.append(_unit_step(name, stage))
+        elif stage.kind == "residual":
+            steps += _residual_steps(name, stage)
+        elif stage.kind == "upsample" and isinstance(stage, SubPixelConvLayer):
+            steps.append(_subpixel_step(name, stage))
+        elif stage.kind == "output" and isinstance(stage, RowSplitConv):
+            output = stage
+        else:
+            raise NotImplementedError(f"{name}: no fused form for stage kind {stage.kind!r}")
+    if output is None or not steps:
+        raise NotImplementedError("the fused kernels need conv stages and an output stage")
+    return steps, output
+
+
 def _conv2d(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int = 1
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int = 1, groups: int = 1
 ) -> torch.Tensor:
     """``F.conv2d`` with a channels_last result (oneDNN's is already; this guards the kernels'
     layout assumption for any torch version or shape)."""
-    return F.conv2d(x, weight, bias, stride).contiguous(memory_format=_CL)
-
-
-def _conv(conv: torch.nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """A conv's (weight, bias), ready for ``F.conv2d`` on channels_last inputs."""
-    return _cl(conv.weight), _vec(conv.bias)
+    return F.conv2d(x, weight, bias, stride, groups=groups).contiguous(memory_format=_CL)
 
 
 class FusedRunner:
     """``TransformerNet`` on CPU with the fused kernels: ``(B, 3, H, W)`` float in [0, 1], any
     H, W ≥ 1 → the same shape in [0, 1], equal to ``net(x)`` to float rounding.
 
-    ``norm_affine`` (2, ΣC), as built by ``fast_style.infer.stylizer.pack_norm_affine``, freezes
-    every instance norm to a given affine map (the tiles of tiled inference), as
-    ``fast_style.infer.export.FrozenNormNet`` does. The weights are a snapshot of ``net``'s."""
+    ``norm_affine`` (2, ΣC), as built by ``fast_style.infer.tiling.pack_norm_affine``, freezes
+    every norm to a given affine map (the tiles of tiled inference), as
+    ``fast_style.infer.deploy.FrozenNormNet`` does; columns in ``norm_names`` order. The
+    weights are a snapshot of ``net``'s. Process-wide allocator tuning is the caller's
+    (``fast_style.infer.allocator.tune_malloc``)."""
 
     def __init__(self, net: TransformerNet, threads: int | None = None):
         self.lib = load_library()
-        tune_malloc()
-        self.threads = int(threads or torch.get_num_threads())
-        d = DeployNet(copy.deepcopy(net).float().cpu().eval())
-        self.encoder = [
-            (*_conv(layer[1]), layer[1].stride[0], _Norm(layer[2])) for layer in d.encoder
-        ]
-        self.residuals = [
-            ((*_conv(b.body[0][1]), _Norm(b.body[0][2])), (*_conv(b.body[2]), _Norm(b.body[3])))
-            for b in d.residuals
-        ]
-        self.ups = [(_cl(u.weight), _vec(u.bias), _Norm(u.norm)) for u in (d.up1, d.up2)]
+        self.threads = _check_threads(int(threads or torch.get_num_threads()))
+        d = DeployNet(copy.deepcopy(net).float().cpu().eval())  # a snapshot of the weights
+        self.steps, out = build_plan(d)
+        self.norm_names = [s.norm.name for s in self.steps]
+        if self.norm_names != [n for n, _ in named_norms(d)]:
+            raise RuntimeError("fused plan and named_norms disagree on the norm layers")
+        # The pad each glue pass writes: the next conv's input pad, the output conv's last.
+        self._pads = [(s.pad, s.replicate) for s in self.steps[1:]] + [(out.pad, False)]
         # Output layer: RowSplitConv's 1 x k conv with its channels padded to a multiple of 8
         # (oneDNN's AVX2 block; 27 → 32 measured 10% faster); the padding channels are unread.
-        w, b = d.out.weight, d.out.bias
+        w, b = out.weight, out.bias
         k = -(-w.shape[0] // 8) * 8
         self.out_weight = _cl(F.pad(w, (0, 0, 0, 0, 0, 0, 0, k - w.shape[0])))
         self.out_bias = _vec(F.pad(b, (0, k - b.shape[0])))
-        self.out_pad, self.cout, self.rows = d.out.pad, d.out.cout, d.out.rows
-        self.norms = [n for *_, n in self.encoder]
-        for pair in self.residuals:
-            self.norms += [pair[0][2], pair[1][2]]
-        self.norms += [n for *_, n in self.ups]
+        self.out_pad, self.cout, self.rows = out.pad, out.cout, out.rows
 
     @property
     def total_channels(self) -> int:
-        """ΣC of the instance norms: the width of ``norm_affine``."""
-        return sum(n.channels for n in self.norms)
-
-    # -- one gap between convolutions --------------------------------------------------------
-
-    def _norm(
-        self,
-        src: _Src,
-        size: tuple[int, int, int],
-        norm: _Norm,
-        affine: tuple[torch.Tensor, torch.Tensor] | None,
-        *,
-        relu: bool,
-        pad: int,
-        replicate: bool = False,
-        skip: _Src | None = None,
-    ) -> torch.Tensor:
-        """Instance norm (or the frozen ``affine``) → [+ skip] → [ReLU] → pad; returns the next
-        convolution's input (B, C, H + 2 pad, W + 2 pad), channels_last."""
-        b, h, w = size
-        c = src.C
-        if affine is None:
-            scale, shift = torch.empty(b, c), torch.empty(b, c)
-            self.lib.fs_norm_stats(
-                ctypes.byref(src), b, h, w, norm.gamma.data_ptr(), norm.beta.data_ptr(),
-                norm.eps, scale.data_ptr(), shift.data_ptr(), self.threads,
-            )  # fmt: skip
-            stride = c
-        else:
-            scale, shift = affine
-            stride = 0
-        out = torch.empty(b, h + 2 * pad, w + 2 * pad, c)
-        self.lib.fs_norm_apply(
-            ctypes.byref(src), ctypes.byref(skip) if skip is not None else None, b, h, w,
-            scale.data_ptr(), shift.data_ptr(), stride, int(relu), pad, int(replicate),
-            out.data_ptr(), self.threads,
-        )  # fmt: skip
-        return out.permute(0, 3, 1, 2)  # (B, C, H', W') view, channels_last in memory
+        """ΣC of the norms: the width of ``norm_affine``."""
+        return sum(s.norm.channels for s in self.steps)
 
     def _affines(self, norm_affine: torch.Tensor | None) -> list:
-        """Per-layer (scale, shift) slices of ``norm_affine``, or None per layer."""
+        """Per-step (scale, shift) (C,) slices of ``norm_affine``, or None per step."""
         if norm_affine is None:
-            return [None] * len(self.norms)
+            return [None] * len(self.steps)
+        if not isinstance(norm_affine, torch.Tensor) or norm_affine.dim() != 2:
+            raise ValueError(f"norm_affine must be a (2, {self.total_channels}) tensor")
         a = norm_affine.detach().float().cpu().contiguous()
         if a.shape != (2, self.total_channels):
             raise ValueError(
                 f"norm_affine must be (2, {self.total_channels}), got {tuple(a.shape)}"
             )
         out, off = [], 0
-        for n in self.norms:
-            out.append((a[0, off : off + n.channels].clone(), a[1, off : off + n.channels].clone()))
-            off += n.channels
+        for s in self.steps:
+            c = s.norm.channels
+            out.append((a[0, off : off + c].clone(), a[1, off : off + c].clone()))
+            off += c
         return out
+
+    def _glue(self, i: int, t: torch.Tensor, affine, skip: Source | None) -> torch.Tensor:
+        """Step ``i``'s norm (or frozen ``affine``) → [+ skip] → [ReLU] → the next pad."""
+        s = self.steps[i]
+        src = Source(t, sub=s.sub)
+        if affine is None:
+            affine = norm_stats(src, s.norm.gamma, s.norm.beta, s.norm.eps, self.threads)
+        pad, replicate = self._pads[i]
+        return norm_apply(
+            src, *affine, relu=s.relu, pad=pad, replicate=replicate, skip=skip,
+            threads=self.threads,
+        )  # fmt: skip
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, norm_affine: torch.Tensor | None = None) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3 or x.numel() == 0:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"input must be a non-empty (B, 3, H, W) tensor, got {shape}")
         device = x.device
         x, (h, w) = pad_to_multiple(x.detach().float().cpu(), SIZE_MULTIPLE, MIN_SIZE)
-        affines = iter(self._affines(norm_affine))
-        b = x.shape[0]
-        p = self.out_pad
-        y = F.pad(x, (p, p, p, p), mode="reflect").contiguous(memory_format=_CL)
-        for weight, bias, stride, norm in self.encoder:
-            t = _conv2d(y, weight, bias, stride)
-            size = (b, t.shape[2], t.shape[3])
-            y = self._norm(_src(t), size, norm, next(affines), relu=True, pad=1)
-        for i, ((wa, ba, na), (wb, bb, nb)) in enumerate(self.residuals):
-            t = _conv2d(y, wa, ba)
-            size = (b, t.shape[2], t.shape[3])
-            mid = self._norm(_src(t), size, na, next(affines), relu=True, pad=1)
-            u = _conv2d(mid, wb, bb)
-            # the last block's output feeds the sub-pixel stage, which pads by replication
-            last = i == len(self.residuals) - 1
-            y = self._norm(
-                _src(u), size, nb, next(affines), relu=False, pad=1, replicate=last,
-                skip=_src(y, offset=1),
-            )  # fmt: skip
-        for j, (weight, bias, norm) in enumerate(self.ups):
-            t = _conv2d(y, weight, bias)  # (B, 4 C, h + 1, w + 1): the four phases
-            size = (b, 2 * (t.shape[2] - 1), 2 * (t.shape[3] - 1))
-            src = _src(t, channels=t.shape[1] // 4, sub=True)
-            last = j == len(self.ups) - 1
-            y = self._norm(
-                src, size, norm, next(affines), relu=True, pad=p if last else 1,
-                replicate=not last,
-            )  # fmt: skip
+        affines = self._affines(norm_affine)
+        first = self.steps[0]
+        mode = "replicate" if first.replicate else "reflect"
+        y = F.pad(x, (first.pad,) * 4, mode=mode).contiguous(memory_format=_CL)
+        block_input: Source | None = None
+        for i, s in enumerate(self.steps):
+            if s.block_start:
+                block_input = Source(y, offset=s.pad)  # the skip reads the unpadded interior
+            t = _conv2d(y, s.weight, s.bias, s.stride, s.groups)
+            y = self._glue(i, t, affines[i], block_input if s.skip else None)
         t = _conv2d(y, self.out_weight, self.out_bias)
-        out = torch.empty(b, self.cout, h, w)
-        self.lib.fs_rowsplit_tail(
-            t.data_ptr(), b, t.shape[2], t.shape[3], t.shape[1], self.cout, self.rows, h, w,
-            out.data_ptr(), self.threads,
-        )  # fmt: skip
-        return out.to(device)
+        return rowsplit_tail(t, self.cout, self.rows, (h, w), self.threads).to(device)

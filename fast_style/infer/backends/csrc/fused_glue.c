@@ -1,16 +1,36 @@
 /* Fused "glue" kernels of the transform network for the CPU backend `fused`
- * (fast_style/fused_cpu.py): everything between two convolutions in one pass each.
+ * (fast_style/infer/backends/fused.py): everything between two convolutions in one pass each.
  *
  * Layout: float32 NHWC (PyTorch channels_last). The convolutions themselves stay in PyTorch
  * (oneDNN); these kernels replace the instance norm + ReLU + residual add + reflection pad
  * (and the sub-pixel interleave and the output sum + tanh) that ONNX Runtime and eager PyTorch
  * run as 4-8 separate, partly single-threaded passes. Built at first use with the system C
- * compiler (-O3 -march=native -fopenmp) and cached; no Python headers are needed.
+ * compiler (-O3 -march=native -fopenmp, linked against PyTorch's own OpenMP runtime) and
+ * cached; no Python headers are needed.
+ *
+ * Contract: fused.py checks every tensor's dtype, layout, sizes and the pads against them
+ * before calling; the checks here are the last line (arguments that would read or write out of
+ * bounds, failed allocations) and return an FS_E* code instead of crashing. Every entry point
+ * returns FS_OK (0) or an error code; fs_abi_version() is checked by the loader.
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* Bump with every change of an entry point's signature or semantics (fused.py ABI_VERSION). */
+#define FS_ABI_VERSION 2
+#define FS_OK 0
+#define FS_EINVAL 1 /* an argument out of range */
+#define FS_ENOMEM 2 /* an allocation failed */
+/* Upper bounds that keep every size computation below far from int64/size_t overflow. */
+#define FS_MAX_THREADS 4096
+#define FS_MAX_CHANNELS (1 << 20)
+
+int fs_abi_version(void) { return FS_ABI_VERSION; }
 
 /* The per-pixel helpers must be inlined into the loops specialised on the channel count. */
 #define FS_INLINE static inline __attribute__((always_inline))
@@ -67,25 +87,50 @@ FS_INLINE void fs_stats_row(const fs_src* s, int64_t b, int64_t y, int64_t W,
   if (W & 1) fs_stats_px(v0, k, row, C);
 }
 
+/* The calling thread's index in the current OpenMP team (0 without OpenMP). */
+static int fs_thread(void) {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+static int fs_src_ok(const fs_src* s, int64_t B, int64_t H, int64_t W) {
+  return s && s->p && B > 0 && H > 0 && W > 0 && s->C > 0 && s->C <= FS_MAX_CHANNELS &&
+         s->bs >= 0 && s->rs >= 0 && s->cs >= 0;
+}
+
 /* Instance-norm statistics of each (image, channel) over H x W, folded with the affine
  * parameters into out = x * scale + shift. scale, shift: (B, C). The variance is the biased
  * one, as torch's. Sums are of x - k, k being the channel's value at pixel (0, 0) (a shift
  * that keeps E[x^2] - E[x]^2 from cancelling when the variance is small against the mean),
- * taken per row in float and accumulated in double. */
-void fs_norm_stats(const fs_src* s, int64_t B, int64_t H, int64_t W, const float* gamma,
-                   const float* beta, float eps, float* scale, float* shift, int nthreads) {
-  const int64_t C = s->C;
-  double* tot = (double*)calloc((size_t)(2 * C), sizeof(double));
+ * taken per row in float and accumulated in double. Per-thread buffers are allocated up front
+ * (one checked allocation), each padded to 128 bytes so that threads share no cache line. */
+int fs_norm_stats(const fs_src* s, int64_t B, int64_t H, int64_t W, const float* gamma,
+                  const float* beta, float eps, float* scale, float* shift, int nthreads) {
+  if (!fs_src_ok(s, B, H, W) || !gamma || !beta || !scale || !shift || !(eps >= 0.0f) ||
+      nthreads < 1 || nthreads > FS_MAX_THREADS)
+    return FS_EINVAL;
+  const int64_t C = s->C, n2 = 2 * C, stride = (n2 + 15) / 16 * 16;
+  double* tot = (double*)malloc((size_t)(stride * (nthreads + 1)) * sizeof(double));
+  float* rows = (float*)malloc((size_t)(stride * nthreads) * sizeof(float));
+  if (!tot || !rows) {
+    free(tot);
+    free(rows);
+    return FS_ENOMEM;
+  }
   for (int64_t b = 0; b < B; b++) {
     const float* k = fs_at(s, b, 0, 0);
-    for (int64_t c = 0; c < 2 * C; c++) tot[c] = 0.0;
+    for (int64_t c = 0; c < n2; c++) tot[c] = 0.0;
 #pragma omp parallel num_threads(nthreads)
     {
-      double* acc = (double*)calloc((size_t)(2 * C), sizeof(double));
-      float* row = (float*)malloc((size_t)(2 * C) * sizeof(float));
+      double* acc = tot + stride * (1 + fs_thread());
+      float* row = rows + stride * fs_thread();
+      for (int64_t c = 0; c < n2; c++) acc[c] = 0.0;
 #pragma omp for schedule(static)
       for (int64_t y = 0; y < H; y++) {
-        for (int64_t c = 0; c < 2 * C; c++) row[c] = 0.0f;
+        for (int64_t c = 0; c < n2; c++) row[c] = 0.0f;
         switch (C) {  /* constant channel counts: fully unrolled vector code */
           case 16: fs_stats_row(s, b, y, W, k, row, 16); break;
           case 32: fs_stats_row(s, b, y, W, k, row, 32); break;
@@ -93,12 +138,10 @@ void fs_norm_stats(const fs_src* s, int64_t B, int64_t H, int64_t W, const float
           case 128: fs_stats_row(s, b, y, W, k, row, 128); break;
           default: fs_stats_row(s, b, y, W, k, row, C);
         }
-        for (int64_t c = 0; c < 2 * C; c++) acc[c] += row[c];
+        for (int64_t c = 0; c < n2; c++) acc[c] += row[c];
       }
 #pragma omp critical
-      for (int64_t c = 0; c < 2 * C; c++) tot[c] += acc[c];
-      free(row);
-      free(acc);
+      for (int64_t c = 0; c < n2; c++) tot[c] += acc[c];
     }
     const double n = (double)H * (double)W;
     for (int64_t c = 0; c < C; c++) {
@@ -109,7 +152,9 @@ void fs_norm_stats(const fs_src* s, int64_t B, int64_t H, int64_t W, const float
       shift[b * C + c] = (float)((double)beta[c] - mean * g);
     }
   }
+  free(rows);
   free(tot);
+  return FS_OK;
 }
 
 /* One output pixel of fs_norm_apply: C channels. */
@@ -162,9 +207,17 @@ FS_INLINE void fs_apply_row(const fs_src* s, const fs_src* skip, int64_t b, int6
  *   v = src * scale + shift (+ skip), then ReLU if relu, then padded by pad pixels
  * (reflection, or replication if replicate). scale/shift rows are (B, C) with row stride
  * affine_stride (C: per-image statistics; 0: one affine map for the whole batch). */
-void fs_norm_apply(const fs_src* s, const fs_src* skip, int64_t B, int64_t H, int64_t W,
-                   const float* scale, const float* shift, int64_t affine_stride, int relu,
-                   int64_t pad, int replicate, float* out, int nthreads) {
+int fs_norm_apply(const fs_src* s, const fs_src* skip, int64_t B, int64_t H, int64_t W,
+                  const float* scale, const float* shift, int64_t affine_stride, int relu,
+                  int64_t pad, int replicate, float* out, int nthreads) {
+  if (!fs_src_ok(s, B, H, W) || !scale || !shift || !out || pad < 0 || nthreads < 1 ||
+      nthreads > FS_MAX_THREADS || (affine_stride != 0 && affine_stride != s->C))
+    return FS_EINVAL;
+  /* reflection needs pad < n (torch's rule); replication never pads more than the image */
+  if (replicate ? (pad > H || pad > W) : (pad >= H || pad >= W)) return FS_EINVAL;
+  /* a skip: same channels, plain source, no activation after the add (fs_pixel) */
+  if (skip && (!fs_src_ok(skip, B, H, W) || skip->C != s->C || skip->sub || s->sub || relu))
+    return FS_EINVAL;
   const int64_t C = s->C, Ho = H + 2 * pad, Wo = W + 2 * pad;
 #pragma omp parallel for num_threads(nthreads) schedule(static) collapse(2)
   for (int64_t b = 0; b < B; b++) {
@@ -182,6 +235,7 @@ void fs_norm_apply(const fs_src* s, const fs_src* skip, int64_t B, int64_t H, in
       }
     }
   }
+  return FS_OK;
 }
 
 /* exp(x) for x <= 0 to about 2 ulp: Cody-Waite range reduction and a degree-6 polynomial,
@@ -220,8 +274,12 @@ static void fs_sigmoid2_inplace(float* restrict d, int64_t n) {
   for (int64_t i = 0; i < n; i++) d[i] = fs_sigmoid2(d[i]);
 }
 
-void fs_rowsplit_tail(const float* t, int64_t B, int64_t Ht, int64_t Wt, int64_t K, int64_t cout,
-                      int64_t rows, int64_t h, int64_t w, float* out, int nthreads) {
+int fs_rowsplit_tail(const float* t, int64_t B, int64_t Ht, int64_t Wt, int64_t K, int64_t cout,
+                     int64_t rows, int64_t h, int64_t w, float* out, int nthreads) {
+  if (!t || !out || B < 1 || cout < 1 || rows < 1 || h < 1 || w < 1 || nthreads < 1 ||
+      nthreads > FS_MAX_THREADS || K < 1 || K > FS_MAX_CHANNELS || cout > K || rows > K ||
+      cout * rows > K || h > Ht || w > Wt || h + rows - 1 > Ht)
+    return FS_EINVAL;
   /* Column strips of 64 pixels, each run top to bottom: the rows x strip working set
    * (9 x 64 x 32 floats, 72 KB) stays in L2 while each input row is read from memory once. */
   const int64_t row = Wt * K, strip = 64, nstrips = (w + strip - 1) / strip;
@@ -260,4 +318,5 @@ void fs_rowsplit_tail(const float* t, int64_t B, int64_t Ht, int64_t Wt, int64_t
       }
     }
   }
+  return FS_OK;
 }

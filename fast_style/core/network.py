@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass
 from typing import TypeVar, cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fast_style.core.imaging import crop_to, pad_to_multiple
@@ -52,10 +53,12 @@ MIN_SIZE = 8
 # 8x the paper's widest layer, 64 residual blocks 13x its 5.
 MAX_CHANNELS = 1024
 MAX_RESIDUAL = 64
+MAX_STYLES = 256  # styles of one conditional network
 # The groups of named stages (nn.Sequential), in forward order; the output stage follows them.
 STAGE_GROUPS = ("encoder", "residuals", "decoder")
 
 NormFactory = Callable[[int], nn.Module]
+Style = torch.Tensor | None  # the style input of every stage (see ``style_affine``)
 
 
 @dataclass(frozen=True)
@@ -67,8 +70,13 @@ class TransformerConfig:
 
     channels: tuple[int, int, int] = (32, 64, 128)
     num_residual: int = 5
+    # 1: one style, plain instance norm (every single-style model file); more: conditional
+    # instance norm, every convolution shared and each style owning its γ/β rows.
+    num_styles: int = 1
 
     def __post_init__(self) -> None:
+        if not 1 <= self.num_styles <= MAX_STYLES:
+            raise ValueError(f"num_styles must be in 1..{MAX_STYLES}, got {self.num_styles}")
         if len(self.channels) != 3 or not all(1 <= c <= MAX_CHANNELS for c in self.channels):
             raise ValueError(
                 f"channels must be 3 widths in 1..{MAX_CHANNELS}, got {list(self.channels)}"
@@ -85,28 +93,103 @@ class TransformerConfig:
         if arch != ARCHITECTURE:
             raise ValueError(f"unknown transform architecture {arch!r} (expected {ARCHITECTURE!r})")
         channels, num_residual = d["channels"], d["num_residual"]
+        num_styles = d.get("num_styles", 1)  # absent in files written before multi-style
         if not isinstance(channels, list | tuple) or not all(
-            isinstance(c, int) and not isinstance(c, bool) for c in [*channels, num_residual]
+            isinstance(c, int) and not isinstance(c, bool)
+            for c in [*channels, num_residual, num_styles]
         ):
-            raise ValueError(f"channels and num_residual must be integers, got {channels!r}")
-        return cls(channels=tuple(channels), num_residual=num_residual)
+            raise ValueError(
+                f"channels, num_residual and num_styles must be integers, got {channels!r}"
+            )
+        return cls(channels=tuple(channels), num_residual=num_residual, num_styles=num_styles)
+
+    @property
+    def conditional(self) -> bool:
+        """True for a multi-style network (conditional instance norm)."""
+        return self.num_styles > 1
 
 
 # ---------------------------------------------------------------------------------------------
 # Normalisation: the one factory every conv unit uses, and what derived forms read from it.
 
 
+class InstanceNorm(nn.InstanceNorm2d):
+    """Instance norm with learned per-channel γ/β (Ulyanov et al. 2016), no running stats:
+    (B, C, H, W) → same shape. Takes (and ignores) the style input every stage passes on."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels, affine=True)
+
+    def forward(self, x: torch.Tensor, style: Style = None) -> torch.Tensor:
+        return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
+
+
+class ConditionalInstanceNorm(nn.Module):
+    """Conditional instance norm (Dumoulin, Shlens & Kudlur 2017, "A Learned Representation for
+    Artistic Style"): normalise, then scale and shift with γ/β mixed from per-style rows.
+
+    ``weight`` and ``bias`` are (S, C); ``forward(x, style)`` with ``style`` (B, S) weights
+    (one style: a one-hot row; a blend: convex weights) or a (B, S, h, w) map of them (each
+    pixel its own mix; pooled to this layer's resolution). See ``style_affine``."""
+
+    def __init__(self, channels: int, num_styles: int, eps: float = 1e-5):
+        super().__init__()
+        self.num_features, self.num_styles, self.eps = channels, num_styles, eps
+        self.weight = nn.Parameter(torch.ones(num_styles, channels))
+        self.bias = nn.Parameter(torch.zeros(num_styles, channels))
+
+    def forward(self, x: torch.Tensor, style: Style = None) -> torch.Tensor:
+        gamma, beta = style_affine(self.weight, self.bias, style, x.shape[-2], x.shape[-1])
+        return F.instance_norm(x, eps=self.eps) * gamma + beta
+
+
+def style_affine(
+    weight: torch.Tensor, bias: torch.Tensor, style: Style, h: int, w: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """γ, β of a conditional norm for ``style``: (B, C, 1, 1) for (B, S) weights, (B, C, h, w)
+    for a (B, S, H', W') map (average-pooled to h × w: exact at the network's /2, /4 scales).
+    ``style`` None means the first style (the only one of a one-style network)."""
+    if style is None:
+        return weight[0].view(1, -1, 1, 1), bias[0].view(1, -1, 1, 1)
+    if style.dim() == 2:
+        return (style @ weight)[:, :, None, None], (style @ bias)[:, :, None, None]
+    if style.shape[-2] != h or style.shape[-1] != w:
+        style = F.adaptive_avg_pool2d(style, [h, w])
+    return (
+        torch.einsum("bshw,sc->bchw", style, weight),
+        torch.einsum("bshw,sc->bchw", style, bias),
+    )
+
+
+def norm_factory(num_styles: int) -> NormFactory:
+    """The normalisation of a network with ``num_styles`` styles."""
+    if num_styles == 1:
+        return InstanceNorm
+    return lambda channels: ConditionalInstanceNorm(channels, num_styles)
+
+
 def instance_norm(channels: int) -> nn.Module:
-    """Instance norm with learned per-channel γ/β (Ulyanov et al. 2016); no running stats."""
-    return nn.InstanceNorm2d(channels, affine=True)
+    """The one-style normalisation (``InstanceNorm``)."""
+    return InstanceNorm(channels)
 
 
 def norm_params(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(γ (C,), β (C,), eps) of a normalisation layer made by a factory of this file: the
-    affine map every derived form folds the normalised values through."""
+    """(γ, β, eps) of a normalisation layer made by a factory of this file: γ/β are (C,) for
+    instance norm and (S, C), one row per style, for conditional instance norm."""
     if isinstance(m, nn.InstanceNorm2d) and m.affine:
         return m.weight, m.bias, float(m.eps)
+    if isinstance(m, ConditionalInstanceNorm):
+        return m.weight, m.bias, m.eps
     raise TypeError(f"unsupported normalisation layer {type(m).__name__}")
+
+
+def norm_affine(m: nn.Module, style: Style, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """γ, β that layer ``m`` applies for ``style`` at resolution h × w: (1, C, 1, 1) for one
+    style, else as ``style_affine`` returns them. What every derived form folds in."""
+    gamma, beta, _ = norm_params(m)
+    if gamma.dim() == 1:
+        return gamma.view(1, -1, 1, 1), beta.view(1, -1, 1, 1)
+    return style_affine(gamma, beta, style, h, w)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,8 +236,8 @@ class ConvNormAct(Stage):
         self.norm = norm(cout)
         self.act: nn.Module = nn.ReLU(inplace=True) if relu else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.norm(self.conv(self.pad(x))))
+    def forward(self, x: torch.Tensor, style: Style = None) -> torch.Tensor:
+        return self.act(self.norm(self.conv(self.pad(x)), style))
 
     def units(self) -> list[tuple[str, ConvNormAct]]:
         return [("", self)]
@@ -174,8 +257,8 @@ class ResidualBlock(Stage):
         self.conv1 = ConvNormAct(ch, ch, 3, norm=norm)
         self.conv2 = ConvNormAct(ch, ch, 3, relu=False, norm=norm)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv2(self.conv1(x))
+    def forward(self, x: torch.Tensor, style: Style = None) -> torch.Tensor:
+        return x + self.conv2(self.conv1(x, style), style)
 
     def units(self) -> list[tuple[str, ConvNormAct]]:
         """The conv units of the body, in order; the skip adds the block input to the last."""
@@ -209,8 +292,8 @@ class UpsampleConv(Stage):
         self.up = Upsample2x()
         self.layer = ConvNormAct(cin, cout, 3, norm=norm)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer(self.up(x))
+    def forward(self, x: torch.Tensor, style: Style = None) -> torch.Tensor:
+        return self.layer(self.up(x), style)
 
     def named_norms(self) -> list[tuple[str, nn.Module]]:
         return [("layer.norm", self.layer.norm)]
@@ -227,7 +310,7 @@ class OutputConv(Stage):
         self.pad = nn.ReflectionPad2d(k // 2)
         self.conv = nn.Conv2d(cin, cout, k)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, style: Style = None) -> torch.Tensor:
         return self.conv(self.pad(x))
 
 
@@ -240,6 +323,8 @@ class TransformerNet(nn.Module):
     """Image (B, 3, H, W) in [0, 1] → stylised image (B, 3, H, W) in [0, 1], for any H, W ≥ 1.
 
     Default widths 32/64/128 are the paper's (``model=johnson``); ``model=slim`` halves them.
+    ``num_styles`` > 1 makes one network for several styles (``model=multi``): conditional
+    instance norm everywhere, all convolutions shared (Dumoulin et al. 2017).
     Stages (module docstring): ``encoder`` (conv1: 9×9 to c1; conv2, conv3: 3×3 stride 2 to
     c2, c3), ``residuals`` (res1 … resN at c3, 1/4 resolution), ``decoder`` (up1 to c2, up2 to
     c1) and ``output`` (9×9 to RGB).
@@ -249,11 +334,14 @@ class TransformerNet(nn.Module):
         self,
         channels: Sequence[int] = (32, 64, 128),
         num_residual: int = 5,
-        norm: NormFactory = instance_norm,
+        norm: NormFactory | None = None,
+        num_styles: int = 1,
     ):
         super().__init__()
         widths = cast("tuple[int, int, int]", tuple(int(c) for c in channels))  # length checked
-        self.config = TransformerConfig(widths, int(num_residual))
+        self.config = TransformerConfig(widths, int(num_residual), int(num_styles))
+        self.num_styles = self.config.num_styles
+        norm = norm or norm_factory(self.num_styles)
         c1, c2, c3 = self.config.channels
         # Registration order = parameter order: the same as the positional layout of format
         # version 1, so optimizer states of old checkpoints still line up.
@@ -273,11 +361,19 @@ class TransformerNet(nn.Module):
     def from_config(cls, cfg: TransformerConfig | dict) -> TransformerNet:
         if isinstance(cfg, dict):
             cfg = TransformerConfig.from_dict(cfg)
-        return cls(cfg.channels, cfg.num_residual)
+        return cls(cfg.channels, cfg.num_residual, num_styles=cfg.num_styles)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, style: Style = None) -> torch.Tensor:
+        """``x`` (B, 3, H, W) in [0, 1]; ``style`` for a multi-style network: (B, S) weights
+        (rows: a one-hot style or a convex mix) or a (B, S, H, W) map of them, None for the
+        first style. Returns (B, 3, H, W) in [0, 1]."""
         x, size = pad_to_multiple(x, SIZE_MULTIPLE, MIN_SIZE)
-        y = self.output(self.decoder(self.residuals(self.encoder(x))))
+        if style is not None and style.dim() == 4:
+            style, _ = pad_to_multiple(style, SIZE_MULTIPLE, MIN_SIZE)  # as the image
+        for group in (self.encoder, self.residuals, self.decoder):
+            for stage in group:
+                x = stage(x, style)
+        y = self.output(x)
         # Scaled tanh (Johnson et al. §3: "scaled tanh to ensure the output image has pixels in
         # the range [0, 255]"); here mapped onto fast_style's [0, 1] range.
         y = 0.5 * (torch.tanh(y) + 1.0)

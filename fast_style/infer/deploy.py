@@ -23,6 +23,7 @@ from fast_style.core.network import (
     SIZE_MULTIPLE,
     OutputConv,
     Stage,
+    Style,
     TransformerNet,
     UpsampleConv,
     named_norms,
@@ -232,7 +233,7 @@ class _FrozenNorm(nn.Module):
         super().__init__()
         self.holder, self.offset, self.channels = holder, offset, channels
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, style: Style = None) -> torch.Tensor:
         if self.holder.affine is None:
             raise RuntimeError("a frozen norm runs only inside FrozenNormNet's forward")
         p = self.holder.affine[:, self.offset : self.offset + self.channels]

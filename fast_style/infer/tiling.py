@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from fast_style.core.network import MIN_SIZE, SIZE_MULTIPLE, named_norms, norm_params
+from fast_style.core.network import MIN_SIZE, SIZE_MULTIPLE, Style, named_norms, norm_params
 
 STATS_PIXELS = 1024 * 1024  # largest thumbnail for the statistics pass of tiled inference
 
@@ -105,7 +105,7 @@ def record_norm_stats(net: nn.Module) -> Iterator[NormStats]:
     def make_forward(name: str, m: nn.Module) -> Callable:
         gamma, beta, eps = norm_params(m)
 
-        def forward(x: torch.Tensor) -> torch.Tensor:
+        def forward(x: torch.Tensor, style: Style = None) -> torch.Tensor:
             xf = x.float()
             mean = xf.mean((0, 2, 3), keepdim=True)
             var = xf.var((0, 2, 3), unbiased=False, keepdim=True)
@@ -158,7 +158,7 @@ def frozen_norm_stats(net: nn.Module, stats: NormStats) -> Iterator[None]:
     def make_forward(name: str, _m: nn.Module) -> Callable:
         scale, shift = affine[name]
 
-        def forward(x: torch.Tensor) -> torch.Tensor:
+        def forward(x: torch.Tensor, style: Style = None) -> torch.Tensor:
             return x * scale.to(x.dtype) + shift.to(x.dtype)
 
         return forward

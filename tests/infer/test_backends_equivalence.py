@@ -41,8 +41,8 @@ class SeparableBlock(ResidualBlock):
         self.dw2 = ConvNormAct(ch, ch, 3, groups=ch)
         self.pw2 = ConvNormAct(ch, ch, 1, relu=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.pw2(self.dw2(self.pw1(self.dw1(x))))
+    def forward(self, x: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
+        return x + self.pw2(self.dw2(self.pw1(self.dw1(x, style), style), style), style)
 
     def units(self) -> list[tuple[str, ConvNormAct]]:
         return [("dw1", self.dw1), ("pw1", self.pw1), ("dw2", self.dw2), ("pw2", self.pw2)]

@@ -154,7 +154,7 @@ def style_affine(
     if style.dim() == 2:
         return (style @ weight)[:, :, None, None], (style @ bias)[:, :, None, None]
     if style.shape[-2] != h or style.shape[-1] != w:
-        style = F.adaptive_avg_pool2d(style, [h, w])
+        style = F.adaptive_avg_pool2d(style, (h, w))
     return (
         torch.einsum("bshw,sc->bchw", style, weight),
         torch.einsum("bshw,sc->bchw", style, bias),

@@ -29,6 +29,16 @@ same rows as JSON (``--json``, default ``outputs/bench_stylize.json``). Backends
   ``graphs`` (``fast-w`` + CUDA graphs, ``mode="reduce-overhead"``), ``autotune``
   (``mode="max-autotune-no-cudagraphs"``). On GPU the input is already in GPU memory.
 
+``--styles N`` compares, instead, a multi-style network (N styles, conditional instance norm)
+against today's one-style network of the same width: one style selected, a 50/50 mix, and with
+``--style-mask`` two styles painted by a soft half/half mask, timed *interleaved* (each round
+runs every variant once, in rotating order) and reported as medians and as the median of the
+per-round ratios to the one-style network (robust to the host's drift). Backends there:
+``fused`` (default), ``onnxruntime`` (weights only), ``deploy``. ``--baseline-rev REV`` adds,
+for ``fused``, the one-style network run by the fused backend *as of git revision REV* (its
+``fused.py`` and C source read with ``git show``, built and imported next to today's): the
+ratios are then to that baseline, "today's single-style speed" before a change.
+
 ``--batch N`` times batches of N frames (video); ``--memory`` adds the peak GPU memory of a
 3840×2160 photo stylised whole and in tiles through ``Stylizer``; ``--profile B1,B2`` prints
 each backend's top CUDA kernels at 1920×1080.
@@ -42,11 +52,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -62,6 +74,7 @@ from fast_style.core.model_io import load_model
 from fast_style.core.network import TransformerNet
 from fast_style.infer.allocator import tune_malloc
 from fast_style.infer.backends.fused import FusedRunner
+from fast_style.infer.deploy import PaintedStyle
 from fast_style.infer.export import DeployNet, to_onnx_bytes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -316,6 +329,166 @@ def int8_quality(net: TransformerNet, threads: int, n: int = 8, size: int = 512)
     return statistics.mean(scores)
 
 
+# --- multi-style ----------------------------------------------------------------------------
+
+StyleArg = torch.Tensor | PaintedStyle | None
+
+
+def style_variants(n: int, shape: tuple[int, int], mask: bool) -> dict[str, StyleArg]:
+    """The style inputs timed with ``--styles n``: one style, a 50/50 mix, and (``mask``) two
+    styles painted by a half/half mask with a soft 16-pixel edge (like a feathered mask)."""
+    eye = torch.eye(n)
+    out: dict[str, StyleArg] = {"one style": eye[:1], "mix 50/50": (eye[0] + eye[1])[None] / 2}
+    if mask:
+        h, w = shape
+        ramp = ((w / 2 + 8 - torch.arange(w, dtype=torch.float32)) / 16).clamp(0, 1)
+        out["painted 2 styles"] = PaintedStyle(eye[:2], ramp.expand(1, 1, h, w).contiguous())
+    return out
+
+
+def make_style_runner(backend: str, net: TransformerNet, threads: int, style: StyleArg) -> Runner:
+    """One forward pass of ``net`` with ``style`` (None: a one-style network) by ``backend``."""
+    if backend == "fused":
+        fused = FusedRunner(net, threads)
+        return lambda x: fused(x, style=style)
+    if backend == "onnxruntime":
+        if isinstance(style, PaintedStyle):
+            raise ValueError("the ONNX export takes style weights only")
+        session = ort_session(to_onnx_bytes(net), threads)
+        feed = {} if style is None else {"style": style.numpy()}
+        return lambda x: session.run(None, {"image": x.numpy(), **feed})[0]
+    if backend == "deploy":
+        d = DeployNet(copy.deepcopy(net)).eval()
+        smap = style.to_map() if isinstance(style, PaintedStyle) else style
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                return d(x) if smap is None else d(x, smap)
+
+        return run
+    raise ValueError(f"--styles times fused, onnxruntime or deploy, not {backend!r}")
+
+
+def fused_at_revision(rev: str) -> type:
+    """``FusedRunner`` of the fused backend as of git revision ``rev``: its ``fused.py`` and
+    ``csrc/fused_glue.c`` (``git show``, read-only) in a temporary folder, imported under
+    another module name against today's other modules, its kernels built from that source
+    (their own cache key). The A/B baseline of ``--baseline-rev``."""
+    root = Path(tempfile.mkdtemp(prefix="fast_style_rev_"))
+    (root / "csrc").mkdir()
+    for rel, dst in (("fused.py", "fused_rev.py"), ("csrc/fused_glue.c", "csrc/fused_glue.c")):
+        spec = f"{rev}:fast_style/infer/backends/{rel}"
+        res = subprocess.run(["git", "-C", str(REPO), "show", spec], capture_output=True)
+        if res.returncode != 0:
+            raise SystemExit(f"--baseline-rev: git show {spec} failed: {res.stderr.decode()}")
+        (root / dst).write_bytes(res.stdout)
+    name = f"fast_style_fused_{rev.replace('~', '_').replace('^', '_')}"
+    mod_spec = importlib.util.spec_from_file_location(name, root / "fused_rev.py")
+    assert mod_spec is not None and mod_spec.loader is not None
+    module = importlib.util.module_from_spec(mod_spec)
+    sys.modules[name] = module  # dataclasses look their module up by name
+    mod_spec.loader.exec_module(module)
+    return module.FusedRunner
+
+
+def bench_styles(args: argparse.Namespace, threads: int) -> list[dict]:
+    """``--styles``: interleaved rounds of the one-style network and the multi-style variants,
+    per width, backend and size; one row per variant with its median and paired ratio (to the
+    first variant: the one-style network, or with ``--baseline-rev`` that revision's)."""
+    rows = []
+    baseline = fused_at_revision(args.baseline_rev) if args.baseline_rev else None
+    for width in args.widths.split(","):
+        for backend in (args.backends or "fused").split(","):
+            for size in (args.sizes or "512²").split(","):
+                shape = SIZES[size]
+                torch.manual_seed(0)
+                single = TransformerNet(WIDTHS[width]).eval()
+                runners: dict[str, Runner] = {}
+                if baseline is not None and backend == "fused":
+                    old = baseline(single, threads)
+                    runners[f"one-style network @{args.baseline_rev}"] = old
+                runners["one-style network"] = make_style_runner(backend, single, threads, None)
+                torch.manual_seed(0)
+                multi = TransformerNet(WIDTHS[width], num_styles=args.styles).eval()
+                for name, style in style_variants(args.styles, shape, args.style_mask).items():
+                    try:
+                        runners[name] = make_style_runner(backend, multi, threads, style)
+                    except ValueError as e:
+                        print(f"skip {width}/{backend}/{name}: {e}", file=sys.stderr)
+                times = interleaved(runners, shape, args.repeats or 15, args.wait_idle)
+                rows += style_rows(width, backend, size, times)
+    return rows
+
+
+def interleaved(
+    runners: dict[str, Runner], shape: tuple[int, int], rounds: int, idle_wait: float
+) -> dict[str, dict[str, list[float]]]:
+    """``rounds`` rounds; each runs every runner once (order rotated by one each round), after
+    an optional idle wait and one untimed warm run (as ``time_runner``). Returns per runner the
+    wall-clock times and this process's CPU times (``time.process_time``: all its threads; on
+    a busy host it is not inflated by waiting for the cores, a steadier A/B measure with
+    ``--threads 1``, where no OpenMP worker spins)."""
+    x = torch.rand(1, 3, *shape)
+    names = list(runners)
+    for name in names:
+        runners[name](x)  # warm-up: allocations, oneDNN primitive caches
+    times: dict[str, dict[str, list[float]]] = {n: {"wall": [], "cpu": []} for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            if idle_wait > 0:
+                wait_idle(idle_wait)
+            runners[name](x)
+            c0, t0 = time.process_time(), time.perf_counter()
+            runners[name](x)
+            times[name]["wall"].append(time.perf_counter() - t0)
+            times[name]["cpu"].append(time.process_time() - c0)
+    return times
+
+
+def style_rows(
+    width: str, backend: str, size: str, times: dict[str, dict[str, list[float]]]
+) -> list[dict]:
+    """Rows of ``bench_styles``: each variant's median and minimum, and the median over rounds
+    of its time divided by the first variant's (the baseline) in the same round (wall and CPU
+    time)."""
+    base = next(iter(times.values()))
+    rows = []
+    for name, ts in times.items():
+        row = {"width": width, "backend": backend, "size": size, "variant": name}
+        for kind in ("wall", "cpu"):
+            paired = (t / b for t, b in zip(ts[kind], base[kind], strict=True))
+            suffix = "" if kind == "wall" else "_cpu"
+            row[f"median_s{suffix}"] = round(statistics.median(ts[kind]), 4)
+            row[f"min_s{suffix}"] = round(min(ts[kind]), 4)
+            row[f"paired_ratio{suffix}"] = round(statistics.median(paired), 4)
+        row["rounds"] = len(ts["wall"])
+        rows.append(row)
+        med, ratio = row["median_s"] * 1e3, row["paired_ratio"]
+        line = f"{width:>5} {backend:<12} {size:>6} {name:<18} {med:8.1f} ms x{ratio:.3f}"
+        print(f"{line} (CPU time x{row['paired_ratio_cpu']:.3f})", file=sys.stderr, flush=True)
+    return rows
+
+
+def print_style_table(rows: list[dict], env: dict) -> None:
+    head = f"{env['device']}, {env['threads']} threads, torch {env['torch']}"
+    print(f"\n{head}, {env['styles']} styles, load average {env['load_average']}")
+    print(f"baseline (paired ratios): the first row of each width, {env['baseline']}\n")
+    print(
+        "| width | backend | size | variant | median s (min) | vs baseline, paired median |"
+        " CPU time s | vs baseline, CPU time |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        cells = [r["width"], r["backend"], r["size"], r["variant"]]
+        cells += [f"{r['median_s']:.3f} ({r['min_s']:.3f})", _pct(r["paired_ratio"])]
+        cells += [f"{r['median_s_cpu']:.3f}", _pct(r["paired_ratio_cpu"])]
+        print("| " + " | ".join(cells) + " |")
+
+
+def _pct(ratio: float) -> str:
+    return f"{100 * (ratio - 1):+.1f}%"
+
+
 # --- main ---------------------------------------------------------------------------------
 
 
@@ -374,6 +547,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave glibc's malloc thresholds alone, for every backend (A/B of the tuning)",
     )
+    p.add_argument(
+        "--styles",
+        type=int,
+        default=0,
+        metavar="N",
+        help="compare an N-style network (one style, a mix) with the one-style network",
+    )
+    p.add_argument(
+        "--style-mask", action="store_true", help="with --styles: also two styles painted by a mask"
+    )
+    p.add_argument(
+        "--baseline-rev",
+        default=None,
+        metavar="REV",
+        help="with --styles: also time the fused backend of git revision REV as the baseline",
+    )
     p.add_argument("--json", default=str(REPO / "outputs" / "bench_stylize.json"))
     return p
 
@@ -396,6 +585,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["FAST_STYLE_MALLOC_TUNING"] = "0"  # the fused backend would set it too
     malloc_tuned = tune_malloc()
     gpu = device.type == "cuda"
+    if args.styles:
+        return main_styles(args, threads, malloc_tuned)
     default = GPU_BACKENDS if gpu else CPU_BACKENDS
     backends = args.backends.split(",") if args.backends else list(default)
     if args.int8 and not gpu:
@@ -473,6 +664,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"env": env, "rows": rows, "int8_psnr_db": quality}, indent=2))
+    print(f"\nwrote {out}")
+    return 0
+
+
+def main_styles(args: argparse.Namespace, threads: int, malloc_tuned: bool) -> int:
+    """``main`` for ``--styles``: the multi-style comparison (CPU)."""
+    if args.styles < 2:
+        raise SystemExit("--styles needs at least 2 styles")
+    rows = bench_styles(args, threads)
+    env = {
+        "device": cpu_name(),
+        "threads": threads,
+        "torch": torch.__version__,
+        "load_average": _loadavg(),
+        "malloc_tuned": malloc_tuned,
+        "styles": args.styles,
+        "weights": "random",
+        "baseline": args.baseline_rev or "one-style network",
+        "rounds": args.repeats or 15,
+    }
+    print_style_table(rows, env)
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"env": env, "rows": rows}, indent=2))
     print(f"\nwrote {out}")
     return 0
 

@@ -7,7 +7,25 @@ Two forms carry the same metadata (a JSON-able dict, see ``describe``):
   ``torch.load(weights_only=True)``.
 
 ``load_model`` rebuilds the network from the metadata alone (architecture, widths, residual
-blocks), the way nanoGPT's checkpoints rebuild their model. Files of format version 1 (the
+blocks, number of styles), the way nanoGPT's checkpoints rebuild their model.
+
+Multi-style files
+-----------------
+A conditional network (``num_styles`` S > 1, Dumoulin et al. 2017) is one file: the shared
+convolutions, every instance norm's (S, C) γ/β, and ``meta["styles"]``, one entry per row of
+γ/β, in row order::
+
+    {"name": "great_wave",
+     "painting": {"title": …, "artist": …, "year": …, "file": "great_wave.jpg"},
+     "image": "great_wave.jpg", "size": 256,                     # the style image, its long side
+     "loss": {"content_weight", "style_weight", "tv_weight", "content_layers", "style_layers"},
+     "training": {"steps", "mode": "joint" | "added", …}}        # how this style was trained
+
+``meta["style"]`` is the first style's name (what ``net(x)`` with no style input paints), and
+``meta["num_styles"]`` the row count. ``style_names``, ``style_entry`` and ``style_index``
+read either kind of file (a single-style file is the one-style case, its entry derived from
+its training settings); ``find_style`` resolves ``--model great_wave`` to a single file of that
+name or else to the multi-style file that holds the style. Files of format version 1 (the
 positional parameter names of before the network's stages were named) load unchanged: their
 keys are renamed on reading (``fast_style.core.network.upgrade_state_dict``), for shape checks
 and weights alike.
@@ -43,6 +61,7 @@ MODEL_SUFFIXES = (".safetensors", ".ckpt")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Where the content digest lives: a safetensors metadata key, a checkpoint's top-level key.
 DIGEST_KEY = "fast_style_sha256"
+MAX_STYLE_NAME = 200  # characters of one style's name in a multi-style file's metadata
 
 
 class ModelFileError(ValueError):
@@ -123,9 +142,18 @@ def describe(
     style: str,
     width: str | None = None,
     training: dict[str, Any] | None = None,
+    styles: Sequence[dict[str, Any]] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """Metadata stored with every saved model (architecture, width, style, training settings)."""
+    """Metadata stored with every saved model (architecture, width, style, training settings).
+
+    ``styles``: the per-style entries of a multi-style network, one per γ/β row (module
+    docstring); required when ``net.num_styles`` > 1, and then ``style`` is the first's name."""
+    if net.num_styles > 1 or styles is not None:
+        if styles is None or len(styles) != net.num_styles:
+            got = "none" if styles is None else len(styles)
+            raise ValueError(f"a network of {net.num_styles} styles needs as many entries ({got})")
+        style = str(styles[0]["name"])
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -133,6 +161,7 @@ def describe(
         **net.config.to_dict(),
         "width": width,
         "style": style,
+        **({"styles": [dict(e) for e in styles]} if styles is not None else {}),
         "training": training or {},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **extra,
@@ -181,11 +210,31 @@ def _check_meta(meta: Any, path: Path) -> dict[str, Any]:
 
 
 def config_of(meta: dict[str, Any], path: Path) -> TransformerConfig:
-    """The network the metadata describes, with every size bounded (``TransformerConfig``)."""
+    """The network the metadata describes, with every size bounded (``TransformerConfig``,
+    ``num_styles`` ≤ ``MAX_STYLES``) and, for several styles, one valid entry per style."""
     try:
-        return TransformerConfig.from_dict(meta)
+        cfg = TransformerConfig.from_dict(meta)
     except (KeyError, TypeError, ValueError) as e:
         raise ModelFileError(f"{path}: metadata does not describe a network ({e})") from None
+    _check_style_entries(meta, cfg.num_styles, path)
+    return cfg
+
+
+def _check_style_entries(meta: dict[str, Any], num_styles: int, path: Path) -> None:
+    """``meta["styles"]`` (required for more than one style): ``num_styles`` mappings with
+    unique, non-empty string names of at most ``MAX_STYLE_NAME`` characters."""
+    entries = meta.get("styles")
+    if entries is None and num_styles == 1:
+        return
+    if not isinstance(entries, list) or len(entries) != num_styles:
+        n = len(entries) if isinstance(entries, list) else "no"
+        raise ModelFileError(f"{path}: {num_styles} styles but {n} style entries in its metadata")
+    names = [e.get("name") if isinstance(e, dict) else None for e in entries]
+    for name in names:
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_STYLE_NAME:
+            raise ModelFileError(f"{path}: bad style name {str(name)[:40]!r} in its metadata")
+    if len(set(names)) != len(names):
+        raise ModelFileError(f"{path}: style names repeat in its metadata ({names})")
 
 
 def expected_shapes(cfg: TransformerConfig) -> dict[str, tuple[int, ...]]:
@@ -344,3 +393,96 @@ def resolve_model(spec: str | os.PathLike, search_dirs: Sequence[str | os.PathLi
         names = sorted({m.stem for m in find_models(search_dirs)})
         raise ModelFileError(f"no model named {spec!r}; available: {', '.join(names) or 'none'}")
     raise ModelFileError(f"{p}: no such model file")
+
+
+# ---------------------------------------------------------------------------------------------
+# Styles of a model file: one for a single-style file, ``meta["styles"]`` for a multi-style one.
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """A model file's metadata, checked (format, architecture, sizes, style entries) without
+    reading a ``.safetensors`` file's tensors: what listing and name lookup need. ``load_model``
+    still checks shapes, digest and finiteness when the model is used."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file")
+    if path.suffix != ".safetensors":
+        return _read(path)[1]
+    raw, _ = _safetensors_header(path)
+    try:
+        meta = json.loads(raw.get("fast_style") or "null")
+    except json.JSONDecodeError:
+        meta = None
+    meta = _check_meta(meta, path)
+    config_of(meta, path)
+    return meta
+
+
+def style_names(meta: dict[str, Any]) -> list[str]:
+    """The styles of a model, in γ/β row order: ``[meta["style"]]`` for a single-style file,
+    the names of ``meta["styles"]`` for a multi-style one."""
+    entries = meta.get("styles")
+    if isinstance(entries, list) and entries:
+        return [str(e["name"]) for e in entries]
+    return [str(meta.get("style", "unnamed"))]
+
+
+def style_index(meta: dict[str, Any], name: str | None) -> int:
+    """The γ/β row of style ``name`` (None: the first, 0); a ``ModelFileError`` naming the
+    model's styles if it has no such style. The style input of ``TransformerNet.forward`` for
+    it is ``torch.nn.functional.one_hot(torch.tensor([i]), meta["num_styles"]).float()``."""
+    names = style_names(meta)
+    if name is None:
+        return 0
+    if name not in names:
+        raise ModelFileError(f"no style {name!r} in this model; it has: {', '.join(names)}")
+    return names.index(name)
+
+
+def style_entry(meta: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    """Style ``name``'s entry (module docstring: name, painting, image, size, loss, training);
+    None: the first style. A single-style file's entry is derived from its metadata (its
+    ``painting`` and ``training["style"]``, whichever it has: files of before have neither)."""
+    i = style_index(meta, name)
+    entries = meta.get("styles")
+    if isinstance(entries, list) and entries:
+        return dict(entries[i])
+    cfg = (meta.get("training") or {}).get("style") or {}
+    loss_keys = ("content_weight", "style_weight", "tv_weight", "content_layers", "style_layers")
+    return {
+        "name": style_names(meta)[0],
+        "painting": meta.get("painting") or {},
+        "image": cfg.get("image"),
+        "size": cfg.get("size"),
+        "loss": {k: cfg[k] for k in loss_keys if k in cfg},
+        "training": {"steps": meta.get("global_step"), "mode": "single"},
+    }
+
+
+def find_style(
+    spec: str | os.PathLike, search_dirs: Sequence[str | os.PathLike]
+) -> tuple[Path, str | None]:
+    """Resolve ``--model SPEC`` to (model file, style or None).
+
+    A path, or a bare name with a file ``<dir>/<name>.safetensors|.ckpt``, gives (that file,
+    None): None is its first (a single-style file's only) style. Else a bare name is looked up
+    among the styles of the multi-style files of ``search_dirs`` (in order, then by file name):
+    (the first file that holds it, the name). Else one ``ModelFileError`` line listing what
+    there is."""
+    try:
+        return resolve_model(spec, search_dirs), None
+    except ModelFileError:
+        p = Path(spec).expanduser()
+        if p.suffix in MODEL_SUFFIXES or len(p.parts) != 1:
+            raise
+    available: list[str] = []
+    for path in find_models(search_dirs):
+        try:
+            names = style_names(meta := read_metadata(path))
+        except ModelFileError:
+            continue  # a broken file elsewhere in the folder is not this lookup's problem
+        if meta.get("num_styles", 1) > 1 and str(spec) in names:
+            return path, str(spec)
+        available.append(f"{path.stem} ({', '.join(names)})" if len(names) > 1 else path.stem)
+    listed = ", ".join(dict.fromkeys(available)) or "none"
+    raise ModelFileError(f"no model or style named {str(spec)!r}; available: {listed}")

@@ -19,7 +19,12 @@ Rules:
 * ``--max-pixels N`` (default 200 MP) is the only pixel limit (Pillow's own is lifted); a larger
   image fails with a message naming the limit.
 * ``--mask`` must have each image's aspect ratio within 2 % (any resolution): otherwise that
-  image fails (reported, counted as failed), never stretched.
+  image fails (reported, counted as failed), never stretched. ``--style-mask`` likewise.
+* Styles (``fast_style.infer.styles``): ``--model`` is a file or a name; a name with no file of
+  its own is looked up among the styles of multi-style files (``model_io.find_style``), and
+  selects that style. ``--style`` names one style, a mix (``a=0.7,b=0.3``) or, with
+  ``--style-mask``, two styles to paint (white: the first, black: the second). The spec, the
+  model's styles and the style mask are checked before the model loads.
 
 Exit status: 0 all images written; 1 some images failed (each reported on one line, the others
 are still written); 2 a usage error (bad option, model or output plan), reported on one line.
@@ -36,6 +41,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from PIL import Image
 from tqdm import tqdm
@@ -50,14 +56,34 @@ from fast_style.core.imaging import (
     open_image,
     save_image,
 )
-from fast_style.core.model_io import ModelFileError, find_models, read_checkpoint, read_safetensors
+from fast_style.core.model_io import (
+    ModelFileError,
+    find_models,
+    find_style,
+    read_checkpoint,
+    read_metadata,
+    read_safetensors,
+    style_names,
+)
 from fast_style.core.resources import default_photo, model_dirs
 from fast_style.infer.allocator import tune_malloc
 from fast_style.infer.backends import BACKENDS
+from fast_style.infer.clip_jobs import (
+    INSTALL_HINT,
+    VIDEO_OUTPUT_EXTENSIONS,
+    ClipOptions,
+    ClipStylizer,
+    clip_output,
+    is_clip,
+    video_files,
+    video_missing,
+)
+from fast_style.infer.styles import DEFAULT_STYLE, StyleChoice, StyleSpecError, parse_style_spec
 from fast_style.infer.stylizer import Stylizer
 
-# Built-in defaults: `python stylize.py` alone stylizes a shipped photo with a shipped model.
-DEFAULT_MODEL = "starry_night"
+# Built-in defaults: `python stylize.py` alone stylizes a shipped photo with a shipped model
+# (the web page's default style too).
+DEFAULT_MODEL = DEFAULT_STYLE
 DEFAULT_INPUT = default_photo()
 DEFAULT_OUTPUT = Path("outputs") / "stylized" / "kodim23.jpg"
 
@@ -75,6 +101,34 @@ class Job:
 
     src: Path
     dst: Path
+    clip: bool = False  # a video (fast_style.infer.clip_jobs)
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The model file, its metadata and the style weights to run it with (None: a
+    single-style model, run as it always was)."""
+
+    path: Path
+    meta: dict
+    style: StyleChoice | None
+
+    @property
+    def label(self) -> str:
+        """How the summary line names the style(s)."""
+        if self.style is None:
+            return repr(str(self.meta.get("style", "unnamed")))
+        return f"{self.style.label!r} of {self.path.name}"
+
+
+@dataclass
+class Plan:
+    """What ``_plan`` checked before the model loads."""
+
+    jobs: list[Job]
+    input_errors: int
+    mask: Image.Image | None
+    style_mask: Image.Image | None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,7 +154,15 @@ def _add_io_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help=f"a .ckpt, a .safetensors, or a style name in checkpoints/ (default {DEFAULT_MODEL})",
+        help="a .ckpt, a .safetensors, or a name in checkpoints/: a model's, or else a style of "
+        f"a multi-style model, which it selects (default {DEFAULT_MODEL})",
+    )
+    p.add_argument(
+        "--style",
+        metavar="SPEC",
+        help="the style(s) of a multi-style model: NAME, a mix NAME=W,NAME=W (weights "
+        "normalised), or NAME_A,NAME_B with --style-mask (default: the one --model names, "
+        "else its first)",
     )
     p.add_argument(
         "--input",
@@ -151,6 +213,12 @@ def _add_look_options(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="greyscale mask: white = styled, black = photo; any resolution, but each image's "
         "aspect ratio (within 2%%): an image it does not fit fails",
+    )
+    g.add_argument(
+        "--style-mask",
+        metavar="FILE",
+        help="with --style A,B: greyscale mask, white = style A, black = style B, grey between "
+        "(soft edges); the same size rule as --mask; both masks may be given",
     )
 
 
@@ -204,6 +272,32 @@ def _add_execution_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--batch-size", type=int, default=4, help="images per batch (same size only)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_video_options(p)
+
+
+def _add_video_options(p: argparse.ArgumentParser) -> None:
+    """Clips: codec, quality, temporal smoothing."""
+    g = p.add_argument_group("video (mp4, mov, m4v, mkv, webm, avi, animated gif)")
+    g.add_argument(
+        "--codec",
+        help="h264 | vp9 | gif (default: from the output's extension: mp4/mov/mkv/avi H.264, "
+        "webm VP9, gif a palette GIF)",
+    )
+    g.add_argument(
+        "--crf", type=int, help="quality, lower is better (default 18 for H.264, 31 for VP9)"
+    )
+    g.add_argument(
+        "--temporal",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="smooth the instance-norm statistics across frames against flicker (default on)",
+    )
+    g.add_argument(
+        "--momentum",
+        type=float,
+        metavar="M",
+        help="with --temporal: weight of the previous frames' statistics, in [0, 1) (default 0.8)",
+    )
 
 
 def _pixel_count(text: str) -> int:
@@ -234,6 +328,10 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error("--batch-size must be at least 1")
     if not 1 <= a.quality <= 100:
         p.error("--quality must be between 1 and 100")
+    if a.momentum is not None and not 0.0 <= a.momentum < 1.0:
+        p.error(f"--momentum must be in [0, 1), got {a.momentum}")
+    if a.crf is not None and not 0 <= a.crf <= 63:
+        p.error(f"--crf must be between 0 and 63, got {a.crf}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,16 +359,17 @@ def expand_inputs(
     for spec in specs:
         path = Path(spec).expanduser()
         if path.is_dir():
-            images = list_images(path, notes=notes)
+            images = list_images(path, notes=notes) + video_files(path)
             if not images:
-                errors.append(f"{spec}: no images in this folder")
-            for f in images:
+                errors.append(f"{spec}: no images or videos in this folder")
+            for f in sorted(images):
                 add(f, f.relative_to(path))
         elif path.is_file():
             add(path, Path(path.name))
         elif glob.has_magic(spec):
             matches = sorted(Path(m) for m in glob.glob(str(path), recursive=True))
-            files = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_EXTENSIONS]
+            exts = (*IMAGE_EXTENSIONS, *VIDEO_OUTPUT_EXTENSIONS)
+            files = [m for m in matches if m.is_file() and m.suffix.lower() in exts]
             for d in (m for m in matches if m.is_dir()):
                 files += list_images(d, notes=notes)
             if not files:
@@ -282,13 +381,19 @@ def expand_inputs(
     return found, errors
 
 
-def _file_output(out: Path, spec: str) -> bool:
+def _file_output(out: Path, spec: str, clip: bool = False) -> bool:
     """True when ``--output`` names a file: it has an extension and is not an existing folder.
-    A file name must have a writable image extension (usage error otherwise)."""
+    A file name must have a writable image extension, or a video one for a ``clip`` (usage
+    error otherwise)."""
     if not out.suffix or out.is_dir():
         return False
-    if out.suffix.lower() in OUTPUT_EXTENSIONS:
+    if out.suffix.lower() in (VIDEO_OUTPUT_EXTENSIONS if clip else OUTPUT_EXTENSIONS):
         return True
+    if clip:
+        raise PlanError(
+            f"--output {spec}: {out.suffix} is not a video format stylize.py writes; use "
+            f"{', '.join(VIDEO_OUTPUT_EXTENSIONS)}"
+        )
     # Without this, "o.xyz" or "o.gif" silently became a folder named like a file.
     why = " (GIF inputs are written as PNG)" if out.suffix.lower() == ".gif" else ""
     raise PlanError(
@@ -306,16 +411,17 @@ def plan_outputs(
     exactly one input is allowed), otherwise a folder. Raises ``PlanError`` (one line) for an
     output that is an input or one output for two inputs; see ``_folder_jobs``."""
     out = Path(output).expanduser()
-    if _file_output(out, output):
+    clips = {src for src, _ in inputs if is_clip(src)}
+    if _file_output(out, output, clip=len(inputs) == 1 and inputs[0][0] in clips):
         if len(inputs) != 1:
             raise PlanError(
                 f"--output {output} is a file but {len(inputs)} images were given; give a folder"
             )
-        jobs = [Job(inputs[0][0], out)]
+        jobs = [Job(inputs[0][0], out, inputs[0][0] in clips)]
     elif out.exists() and not out.is_dir():
         raise PlanError(f"--output {output} exists and is not a folder")
     else:
-        jobs = _folder_jobs(inputs, out, ext, notes)
+        jobs = _folder_jobs(inputs, out, ext, notes, clips)
     check_no_overwrite(jobs, [src for src, _ in inputs])
     return jobs
 
@@ -326,7 +432,11 @@ def _identity(path: Path) -> str:
 
 
 def _folder_jobs(
-    inputs: list[tuple[Path, Path]], out: Path, ext: str | None, notes: list[str] | None
+    inputs: list[tuple[Path, Path]],
+    out: Path,
+    ext: str | None,
+    notes: list[str] | None,
+    clips: set[Path] | frozenset[Path] = frozenset(),
 ) -> list[Job]:
     """Outputs under the folder ``out``. Inputs whose names differ but map to one output
     (``photo.gif`` and ``photo.png`` → ``photo.png``) are a ``PlanError``; the same name from
@@ -335,7 +445,9 @@ def _folder_jobs(
     natural = []
     for src, rel in inputs:
         dst = out / rel
-        if ext or dst.suffix.lower() not in OUTPUT_EXTENSIONS:
+        if src in clips:  # a video keeps its container (--ext is for images)
+            dst = clip_output(dst)
+        elif ext or dst.suffix.lower() not in OUTPUT_EXTENSIONS:
             dst = dst.with_suffix("." + (ext or "png"))  # gif, ppm, … become png
         natural.append((src, rel, dst))
     # An output that is an input is the worse mistake: report it before any name clash.
@@ -355,7 +467,7 @@ def _folder_jobs(
         if dst != base and notes is not None:
             notes.append(f"{src} → {dst} ({base.name} is taken by another input of that name)")
         assigned.add(_identity(dst))
-        jobs.append(Job(src, dst))
+        jobs.append(Job(src, dst, src in clips))
     return jobs
 
 
@@ -405,31 +517,37 @@ def write_result(img: Image.Image, job: Job, quality: int) -> None:
 # Listing models.
 
 
+def _model_rows(path: Path, meta: dict) -> list[tuple[str, ...]]:
+    """The rows of one model file: one per style (a multi-style file has several)."""
+    return [
+        (
+            path.stem,
+            style,
+            str(meta.get("width") or "-"),
+            "/".join(str(c) for c in meta.get("channels", [])),
+            str(meta.get("num_residual", "?")),
+            str(meta.get("dtype", "float32")),
+            str(meta.get("global_step", "-")),
+            f"{path.stat().st_size / 1e6:.1f}",
+            str(path),
+        )
+        for style in style_names(meta)
+    ]
+
+
 def list_models(dirs: Sequence[Path]) -> list[str]:
-    """One line per model file in ``dirs``: name, style, widths, dtype, steps, size, path
-    (columns as wide as their longest entry)."""
+    """One line per style of each model file in ``dirs`` (a multi-style file: one per style,
+    ``--model FILE --style STYLE``): name, style, widths, dtype, steps, size, path (columns as
+    wide as their longest entry). Each file is read whole: one that would fail to load (bad
+    shapes, digest, weights) is listed as unreadable."""
     rows: list[tuple[str, ...]] = []
     broken: list[tuple[str, str]] = []
     for path in find_models(list(dirs)):
         try:
             reader = read_safetensors if path.suffix == ".safetensors" else read_checkpoint
-            _, meta = reader(path)
+            rows += _model_rows(path, reader(path)[1])
         except ModelFileError as e:
             broken.append((path.stem, str(e)))
-            continue
-        rows.append(
-            (
-                path.stem,
-                str(meta.get("style", "?")),
-                str(meta.get("width") or "-"),
-                "/".join(str(c) for c in meta.get("channels", [])),
-                str(meta.get("num_residual", "?")),
-                str(meta.get("dtype", "float32")),
-                str(meta.get("global_step", "-")),
-                f"{path.stat().st_size / 1e6:.1f}",
-                str(path),
-            )
-        )
     header = ("name", "style", "width", "channels", "res", "dtype", "steps", "MB", "path")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     right = {4, 6, 7}  # numeric columns
@@ -446,6 +564,51 @@ def list_models(dirs: Sequence[Path]) -> list[str]:
     if not rows and not broken:
         lines.append(f"(no models in {', '.join(str(d) for d in dirs)})")
     return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# The model and its styles, checked before the model loads.
+
+
+def select_model(
+    spec: str, style_spec: str | None, masked: bool, dirs: Sequence[Path]
+) -> ModelChoice:
+    """The model file ``spec`` names (``model_io.find_style``: a file, a model name, else a
+    style of a multi-style model) and the style weights for ``style_spec`` (None: the style
+    ``spec`` named, else the first). Raises ``ModelFileError`` or ``StyleSpecError``, one line
+    each; ``masked``: ``--style-mask`` was given."""
+    path, named = find_style(spec, dirs)
+    meta = read_metadata(path)
+    names = style_names(meta)
+    if len(names) == 1:
+        _check_single_style(path, names[0], style_spec, masked)
+        return ModelChoice(path, meta, None)
+    if style_spec is None and masked:
+        raise StyleSpecError(
+            f"--style-mask paints two styles: give them with --style A,B (white: A, black: B); "
+            f"{path.name} has {', '.join(names)}"
+        )
+    text = style_spec if style_spec is not None else named or names[0]
+    try:
+        return ModelChoice(path, meta, parse_style_spec(text, names, masked=masked))
+    except StyleSpecError as e:
+        raise StyleSpecError(f"--style {text}: {e}") from None
+
+
+def _check_single_style(path: Path, name: str, style_spec: str | None, masked: bool) -> None:
+    """A single-style model takes ``--style`` only when it names its one style (then it is
+    run as without it); anything else is a ``StyleSpecError`` that names that style."""
+    holds = f"{path.name} holds one style, {name!r}"
+    if masked:
+        raise StyleSpecError(f"--style-mask needs a multi-style model: {holds}")
+    if style_spec is None:
+        return
+    try:
+        parse_style_spec(style_spec, [name])
+    except StyleSpecError:
+        raise StyleSpecError(
+            f"--style {style_spec}: {holds} (multi-style models: --list-models)"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -480,20 +643,29 @@ def _batches(jobs: list[Job], size: int) -> Iterator[list[Job]]:
         yield jobs[i : i + size]
 
 
-def _load(job: Job, mask: Image.Image | None, max_pixels: int) -> Image.Image:
-    """Decode a job's image and check that the mask fits it (``ImageReadError``,
-    ``MaskSizeError``); before stylising, so that one misfit does not fail a whole batch."""
-    img = open_image(job.src, max_pixels, hint=MAX_PIXELS_HINT)
-    if mask is not None:
-        check_mask_size(mask.size, img.size)
+class _MaskMisfitError(ValueError):
+    """A mask that does not fit one image: ``--mask FILE: mask is … aspect ratios differ``."""
+
+
+def _load(job: Job, plan: Plan, args: argparse.Namespace) -> Image.Image:
+    """Decode a job's image and check that the masks fit it (``ImageReadError``,
+    ``_MaskMisfitError``); before stylising, so that one misfit does not fail a whole batch."""
+    img = open_image(job.src, args.max_pixels, hint=MAX_PIXELS_HINT)
+    for flag, file, mask in (
+        ("--mask", args.mask, plan.mask),
+        ("--style-mask", args.style_mask, plan.style_mask),
+    ):
+        if mask is not None:
+            try:
+                check_mask_size(mask.size, img.size)
+            except MaskSizeError as e:
+                raise _MaskMisfitError(f"{flag} {file}: {e}") from None
     return img
 
 
-def run_jobs(
-    stylizer: Stylizer, jobs: list[Job], args: argparse.Namespace, mask: Image.Image | None = None
-) -> tuple[int, int]:
-    """Stylise and write every job; a failing image is reported and skipped. Returns
-    ``(written, failed)``."""
+def _engine_options(args: argparse.Namespace, plan: Plan, model: ModelChoice) -> dict:
+    """The keyword arguments of ``Stylizer.stylize_image(s)`` for this run; the style ones
+    only for a multi-style model (a single-style one runs exactly as before styles existed)."""
     opts = {
         "strength": args.strength,
         "preserve_color": args.preserve_color,
@@ -501,22 +673,35 @@ def run_jobs(
         "max_size": args.max_size,
         "tile": args.tile,
         "overlap": args.overlap,
-        "mask": mask,
+        "mask": plan.mask,
     }
-    progress = _Progress(len(jobs), not args.quiet)
+    if model.style is not None:
+        opts["style"] = model.style.weights
+        if plan.style_mask is not None:
+            opts["style_mask"] = plan.style_mask
+    return opts
+
+
+def run_jobs(
+    stylizer: Stylizer, plan: Plan, args: argparse.Namespace, model: ModelChoice
+) -> tuple[int, int]:
+    """Stylise and write every job; a failing image is reported and skipped. Returns
+    ``(written, failed)``."""
+    opts = _engine_options(args, plan, model)
+    progress = _Progress(len(plan.jobs), not args.quiet)
     written = failed = 0
     try:
-        for batch in _batches(jobs, args.batch_size):
+        for batch in _batches(plan.jobs, args.batch_size):
             loaded: list[tuple[Job, Image.Image]] = []
             for job in batch:
                 try:
-                    loaded.append((job, _load(job, mask, args.max_pixels)))
+                    loaded.append((job, _load(job, plan, args)))
                 except ImageReadError as e:
                     progress.message(f"error: {e}")
                     failed += 1
                     progress.update()
-                except MaskSizeError as e:
-                    progress.message(f"error: {job.src}: --mask {args.mask}: {e}")
+                except _MaskMisfitError as e:
+                    progress.message(f"error: {job.src}: {e}")
                     failed += 1
                     progress.update()
             results: list[Image.Image | None]
@@ -538,9 +723,60 @@ def run_jobs(
     return written, failed
 
 
-def _plan(args: argparse.Namespace) -> tuple[list[Job], int, Image.Image | None]:
-    """Inputs, the checked output plan and the mask, before the model loads: ``(jobs, number
-    of input errors, mask)``. Exits with status 2 on a usage error."""
+def _clip_options(args: argparse.Namespace, plan: Plan, model: ModelChoice) -> ClipOptions:
+    style = None if model.style is None else model.style.weights
+    return ClipOptions(
+        style=style, strength=args.strength, preserve_color=args.preserve_color,
+        match_histogram=args.match_histogram, mask=plan.mask, tile=args.tile,
+        overlap=args.overlap, temporal=args.temporal, momentum=args.momentum,
+    )  # fmt: skip
+
+
+def run_clips(
+    stylizer: Stylizer, plan: Plan, args: argparse.Namespace, model: ModelChoice
+) -> tuple[int, int]:
+    """Stylise and write every clip job (``fast_style.video.stylize_video``: a frame bar, a
+    summary line each); a clip that fails is reported on one line and skipped. Returns
+    ``(written, failed)``."""
+    jobs = [j for j in plan.jobs if j.clip]
+    if not jobs:
+        return 0, 0
+    why = INSTALL_HINT if video_missing() else None
+    if plan.style_mask is not None:
+        why = "--style-mask paints photos; for a video give one style or a mix"
+    if why:
+        for job in jobs:
+            print(f"error: {job.src}: {why}", file=sys.stderr)
+        return 0, len(jobs)
+    from fast_style.video import VideoError, stylize_video
+
+    written = failed = 0
+    for job in jobs:
+        fn = ClipStylizer(stylizer, _clip_options(args, plan, model))
+        try:
+            job.dst.parent.mkdir(parents=True, exist_ok=True)
+            report = stylize_video(
+                job.src, job.dst, fn, batch=args.batch_size, crf=args.crf, codec=args.codec,
+                max_size=args.max_size, progress=not args.quiet,
+            )  # fmt: skip
+        except (VideoError, ValueError, RuntimeError, OSError) as e:
+            line = str(e).splitlines()[0] if str(e) else type(e).__name__
+            where = "" if line.startswith(str(job.src)) else f"{job.src}: "
+            print(f"error: {where}{line}", file=sys.stderr)
+            failed += 1
+            continue
+        written += 1
+        failed += bool(report.frames_lost)  # what decoded is written; the loss is reported
+    return written, failed
+
+
+def _open_mask(file: str | None, max_pixels: int) -> Image.Image | None:
+    return open_image(file, max_pixels, MAX_PIXELS_HINT) if file else None
+
+
+def _plan(args: argparse.Namespace) -> Plan:
+    """Inputs, the checked output plan and the masks, before the model loads. Exits with
+    status 2 on a usage error."""
     notes: list[str] = []
     inputs, errors = expand_inputs(args.input, notes)
     if not inputs:  # one line: the reason, or the reasons joined
@@ -549,17 +785,40 @@ def _plan(args: argparse.Namespace) -> tuple[list[Job], int, Image.Image | None]
         print(f"error: {e}", file=sys.stderr)
     try:
         jobs = plan_outputs(inputs, args.output, args.ext, notes)
-        mask = open_image(args.mask, args.max_pixels, MAX_PIXELS_HINT) if args.mask else None
+        mask = _open_mask(args.mask, args.max_pixels)
+        style_mask = _open_mask(args.style_mask, args.max_pixels)
     except (ImageReadError, ValueError) as e:
         _usage_exit(str(e))
     for n in notes:
         print(f"note: {n}", file=sys.stderr)
-    return jobs, len(errors), mask
+    # Grey levels are what counts (white: the first style): L, as --mask is read.
+    grey = style_mask.convert("L") if style_mask is not None else None
+    return Plan(jobs, len(errors), mask, grey)
 
 
-def _usage_exit(message: str) -> None:
+def _usage_exit(message: str) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def _load_stylizer(args: argparse.Namespace, model: ModelChoice) -> Stylizer:
+    """The engine for ``model`` (usage exit on a model that fails to load)."""
+    try:
+        stylizer = Stylizer(
+            model.path,
+            device=args.device,
+            half=args.half or False,
+            channels_last=args.channels_last,
+            search_dirs=args.models_dir,
+            backend=args.backend,
+        )
+    except (ModelFileError, ValueError) as e:
+        _usage_exit(str(e))
+    if stylizer.device.type == "cpu":
+        tune_malloc()  # reuse freed activations across images (fast_style.infer.allocator)
+        if args.half:
+            print("note: --half is ignored on CPU (fp32 is faster there)", file=sys.stderr)
+    return stylizer
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -571,37 +830,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.list_models:
         print("\n".join(list_models(dirs)))
         return 0
-    jobs, input_errors, mask = _plan(args)
+    plan = _plan(args)
     try:
-        stylizer = Stylizer(
-            args.model,
-            device=args.device,
-            half=args.half or False,
-            channels_last=args.channels_last,
-            search_dirs=args.models_dir,
-            backend=args.backend,
-        )
-    except (ModelFileError, ValueError) as e:
-        parser.exit(2, f"error: {e}\n")
-    if stylizer.device.type == "cpu":
-        tune_malloc()  # reuse freed activations across images (fast_style.infer.allocator)
-        if args.half:
-            print("note: --half is ignored on CPU (fp32 is faster there)", file=sys.stderr)
+        model = select_model(args.model, args.style, args.style_mask is not None, dirs)
+    except (ModelFileError, StyleSpecError) as e:
+        _usage_exit(str(e))
+    stylizer = _load_stylizer(args, model)
     start = time.perf_counter()
-    written, failed = run_jobs(stylizer, jobs, args, mask)
-    failed += input_errors
+    images = Plan([j for j in plan.jobs if not j.clip], 0, plan.mask, plan.style_mask)
+    try:
+        written, failed = run_jobs(stylizer, images, args, model) if images.jobs else (0, 0)
+        clips_written, clips_failed = run_clips(stylizer, plan, args, model)
+    except KeyboardInterrupt:
+        print("interrupted: nothing half-written is left under an output name", file=sys.stderr)
+        return 130
+    failed += plan.input_errors + clips_failed
     dt = time.perf_counter() - start
-    rate = written / dt if dt > 0 else 0.0
-    where = jobs[0].dst if len(jobs) == 1 else Path(args.output)
-    summary = (
-        f"stylized {written} image{'s' * (written != 1)} in {dt:.2f} s "
-        f"({rate:.2f} images/s) with {stylizer.style!r} on {stylizer.device} "
-        f"[{stylizer.backend}] → {where}"
-    )
-    print(summary + (f"; {failed} failed" if failed else ""))
+    print(_summary(written, clips_written, failed, dt, model, stylizer, plan, args))
     if failed:
         sys.exit(1)
     return 0
+
+
+def _summary(
+    written: int,
+    clips: int,
+    failed: int,
+    dt: float,
+    model: ModelChoice,
+    stylizer: Stylizer,
+    plan: Plan,
+    args: argparse.Namespace,
+) -> str:
+    """The run's last line."""
+    rate = written / dt if dt > 0 else 0.0
+    where = plan.jobs[0].dst if len(plan.jobs) == 1 else Path(args.output)
+    what = f"{written} image{'s' * (written != 1)}"
+    has_clips = any(j.clip for j in plan.jobs)
+    if has_clips:
+        videos = f"{clips} video{'s' * (clips != 1)}"
+        what = f"{what} and {videos}" if written else videos
+    else:
+        what += f" in {dt:.2f} s ({rate:.2f} images/s)"
+    line = f"stylized {what} with {model.label} on {stylizer.device} [{stylizer.backend}] → {where}"
+    return line + (f"; {failed} failed" if failed else "")
 
 
 if __name__ == "__main__":

@@ -8,12 +8,23 @@ each by its ``kind``: "conv" and "residual" stages are shared as they are, "upsa
 ``SubPixelConvLayer`` and "output" ``RowSplitConv``. The result keeps the stage names, so
 ``named_norms`` lists the same layers under the same names for ``TransformerNet`` and
 ``DeployNet``.
+
+Styles
+------
+A multi-style network (conditional instance norm, ``num_styles`` S > 1) takes a *style input*
+everywhere: ``None`` (the first style), (B, S) weights per image (a one-hot row or a mix), or a
+(B, S, H, W) map of weights per pixel (``DeployNet.forward``, the TorchScript export, eager).
+Every form uses the weights as given: a row summing to 2 doubles γ and β. ``Stylizer``
+normalises rows to sum 1 before they get here. ``PaintedStyle`` is the painted two-style form
+of a map (two rows and a mask), which the fused kernels run in one pass; ``to_map`` gives the
+map for everything else. A one-style network has no style input and ignores it.
 """
 
 from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +43,61 @@ from fast_style.core.network import (
 )
 
 NORM_INPUT_NAME = "norm_affine"  # FrozenNormNet's second input (ONNX name too)
-DEPLOY_VERSION = 4  # bump when DeployNet's graph changes (invalidates cached exports)
+STYLE_INPUT_NAME = "style"  # a multi-style DeployNet's second input (ONNX name too)
+DEPLOY_VERSION = 5  # bump when DeployNet's graph changes (invalidates cached exports)
+
+
+@dataclass(frozen=True)
+class PaintedStyle:
+    """Two styles painted by a soft mask: ``rows`` (2, S) style weights, row 0 where ``mask``
+    is 1 (white) and row 1 where it is 0 (black); ``mask`` (1 | B, 1, H, W) float in [0, 1],
+    grey levels interpolating. The per-pixel style map is ``rows[1] + mask · (rows[0] − rows[1])``
+    (``to_map``), so each layer's γ/β are ``γ_B + m · (γ_A − γ_B)``, with m the mask average-
+    pooled to that layer's resolution: what the fused kernels apply directly."""
+
+    rows: torch.Tensor
+    mask: torch.Tensor
+
+    def __post_init__(self) -> None:
+        r, m = self.rows, self.mask
+        if r.dim() != 2 or r.shape[0] != 2:
+            raise ValueError(f"a painted style has 2 style rows (2, S), got {tuple(r.shape)}")
+        if m.dim() != 4 or m.shape[1] != 1 or m.numel() == 0:
+            raise ValueError(f"a painted style's mask is (B, 1, H, W), got {tuple(m.shape)}")
+
+    @staticmethod
+    def from_map(style: torch.Tensor, tol: float = 1e-5) -> torch.Tensor | PaintedStyle | None:
+        """A (B, S, H, W) style map in the painted form where it has one: (1, S) weights when
+        one style is in use, a ``PaintedStyle`` when two are and their weights sum to the same
+        total c > 0 at every pixel (within ``tol`` · c: any normalised map of two styles; then
+        ``rows`` are c · one-hot and the mask is the first style's share), None otherwise
+        (three or more styles in use, or varying totals)."""
+        if style.dim() != 4 or style.numel() == 0:
+            raise ValueError(f"a style map is (B, S, H, W), got {tuple(style.shape)}")
+        style = style.float()
+        used = (style != 0).flatten(2).any(2).any(0).nonzero().flatten().tolist()
+        total = style.sum(1, keepdim=True)
+        c = float(total.flatten()[0])
+        if len(used) > 2 or not c > 0 or float((total - c).abs().max()) > tol * c:
+            return None
+        rows = torch.zeros(2, style.shape[1])
+        rows[0, used[0]], rows[1, used[-1]] = c, c
+        if len(used) == 1:
+            return rows[:1]
+        return PaintedStyle(rows, style[:, used[0] : used[0] + 1] / c)
+
+    def to_map(self) -> torch.Tensor:
+        """The per-pixel style map (B, S, H, W), float32, on the mask's device."""
+        rows = self.rows.to(self.mask.device, torch.float32)
+        a, b = rows[0].view(1, -1, 1, 1), rows[1].view(1, -1, 1, 1)
+        return b + self.mask.float() * (a - b)
+
+    def crop(self, y0: int, y1: int, x0: int, x1: int) -> PaintedStyle:
+        """The same rows with the mask cropped to rows y0:y1, columns x0:x1."""
+        return PaintedStyle(self.rows, self.mask[:, :, y0:y1, x0:x1])
+
+    def with_mask(self, mask: torch.Tensor) -> PaintedStyle:
+        return PaintedStyle(self.rows, mask)
 
 
 def _phase_kernels(k: torch.Tensor) -> torch.Tensor:
@@ -94,7 +159,7 @@ class SubPixelConvLayer(Stage):
         self.register_buffer("weight", _phase_kernels(conv.weight).flatten(0, 1))
         self.register_buffer("bias", conv.bias.detach().repeat(4))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, style: Style = None) -> torch.Tensor:
         h, w = x.shape[-2], x.shape[-1]
         co = self.weight.shape[0] // 4
         # (B, 4 · Cout, h + 1, w + 1): output (i, j) of phase (a, b) is at (i + a, j + b)
@@ -107,7 +172,7 @@ class SubPixelConvLayer(Stage):
             rows.append(torch.stack([left, right], -1).reshape(y.shape[0], co, h, 2 * w))
         # (B, Cout, h, 2, 2w) → (B, Cout, 2h, 2w)
         up = torch.stack(rows, 3).reshape(y.shape[0], co, 2 * h, 2 * w)
-        return self.act(self.norm(up))
+        return self.act(self.norm(up, style))  # a conditional norm pools a style map to 2h x 2w
 
     def named_norms(self) -> list[tuple[str, nn.Module]]:
         return [("layer.norm", self.norm)]  # named as in the UpsampleConv it derives from
@@ -151,7 +216,7 @@ class RowSplitConv(Stage):
         bias[:, 0] = conv.bias.detach()
         self.register_buffer("bias", bias.flatten())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, style: Style = None) -> torch.Tensor:
         h = x.shape[-2]
         p = self.pad
         t = F.conv2d(F.pad(x, (p, p, p, p), mode="reflect"), self.weight, self.bias)
@@ -192,6 +257,8 @@ class DeployNet(nn.Module):
     * the decoder's upsample + conv stages run at low resolution (``SubPixelConvLayer``), with
       no upsampled tensor, no ``Resize``/``Upsample`` op and 12% fewer FLOPs in total;
     * the output conv runs as ``RowSplitConv``.
+    * a multi-style network's style input (module docstring) reaches every stage: its
+      TorchScript export takes ``(image, style)``, weights or per-pixel maps.
 
     Same groups and stage names as ``net`` (``named_stages``). The "conv" and "residual" stages
     and every norm are *shared* with ``net`` (not copied), so code that patches the norms
@@ -210,11 +277,24 @@ class DeployNet(nn.Module):
         self.output = deploy_stage("output", stages[-1][1])
         self.multiple = SIZE_MULTIPLE
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, style: Style = None) -> torch.Tensor:
+        """``x`` (B, 3, H ≥ 8, W ≥ 8) in [0, 1]; ``style`` (multi-style networks): None (the
+        first style), (B, S) weights or a (B, S, H, W) map, as ``TransformerNet.forward``."""
         h, w = x.shape[-2], x.shape[-1]
         # imaging.pad_to_multiple's padding for H, W ≥ 8 (reflect, bottom/right), branch-free.
-        x = F.pad(x, (0, (-w) % self.multiple, 0, (-h) % self.multiple), mode="reflect")
-        y = self.output(self.decoder(self.residuals(self.encoder(x))))
+        pad = [0, (-w) % self.multiple, 0, (-h) % self.multiple]
+        x = F.pad(x, pad, mode="reflect")
+        if style is not None and style.dim() == 4:
+            style = F.pad(style, pad, mode="reflect")  # a style map is padded as the image
+        # Stage by stage (not the Sequentials' forward, which takes one input): the style goes
+        # to every stage. TorchScript unrolls these loops.
+        for stage in self.encoder:
+            x = stage(x, style)
+        for stage in self.residuals:
+            x = stage(x, style)
+        for stage in self.decoder:
+            x = stage(x, style)
+        y = self.output(x)
         y = 0.5 * (torch.tanh(y) + 1.0)  # TransformerNet's scaled tanh
         return y[:, :, :h, :w]
 
@@ -234,6 +314,7 @@ class _FrozenNorm(nn.Module):
         self.holder, self.offset, self.channels = holder, offset, channels
 
     def forward(self, x: torch.Tensor, style: Style = None) -> torch.Tensor:
+        # The style is folded into norm_affine already (tiling.pack_norm_affine).
         if self.holder.affine is None:
             raise RuntimeError("a frozen norm runs only inside FrozenNormNet's forward")
         p = self.holder.affine[:, self.offset : self.offset + self.channels]
@@ -244,7 +325,9 @@ class FrozenNormNet(nn.Module):
     """``DeployNet`` with every norm frozen to given statistics, for tiled inference in ONNX
     Runtime: ``forward(image (B, 3, H, W), norm_affine (2, ΣC))``. Row 0 of ``norm_affine``
     holds the scales, row 1 the shifts, one block of C columns per layer in ``named_norms``
-    order (``norm_names``; ``fast_style.infer.tiling.pack_norm_affine`` builds it)."""
+    order (``norm_names``; ``fast_style.infer.tiling.pack_norm_affine`` builds it). For a
+    multi-style network ``norm_affine`` folds in the style's γ/β (weights, one per image batch):
+    no style input, so the ONNX export of the tiles serves every style and mix too."""
 
     def __init__(self, net: TransformerNet):
         super().__init__()
@@ -254,7 +337,7 @@ class FrozenNormNet(nn.Module):
         self.norm_names: list[str] = []
         offset = 0
         for name, m in named_norms(self.deploy):
-            channels = norm_params(m)[0].numel()
+            channels = norm_params(m)[0].shape[-1]  # γ: (C,), or (S, C) for conditional norms
             frozen[id(m)] = _FrozenNorm(self.holder, offset, channels)
             self.norm_names.append(name)
             offset += channels

@@ -12,6 +12,15 @@ OpenVINO) to trip on.
 
 Exported models take RGB float32 ``(B, 3, H, W)`` in [0, 1] with H, W ≥ 8 and return the same
 shape in [0, 1] (input name ``image``, output name ``stylized``).
+
+Multi-style models (conditional instance norm, S styles) take a second input ``style``: float32
+(B, S) weights, one row per image (one-hot for one style, convex weights for a mix, used as
+given: normalise rows to sum 1), so one exported file serves every style and every mix. The γ/β
+mix is a ``MatMul`` of the style rows with each layer's (S, C) table, so the ONNX graph adds
+only ``MatMul`` to the ops above. Per-pixel style maps (a painted mask) are not an ONNX input
+(they would need ``Einsum`` and per-layer pooling); the TorchScript export takes weights or
+maps: ``module(image, style)``, with ``style`` None, (B, S) or (B, S, H, W). One-style models
+export exactly as before: one input.
 """
 
 from __future__ import annotations
@@ -28,17 +37,25 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fast_style.core.fileio import atomic_write
-from fast_style.core.network import TransformerNet
-from fast_style.infer.deploy import NORM_INPUT_NAME, DeployNet, FrozenNormNet
+from fast_style.core.network import (
+    ConditionalInstanceNorm,
+    Style,
+    TransformerNet,
+    named_norms,
+    style_affine,
+)
+from fast_style.infer.deploy import NORM_INPUT_NAME, STYLE_INPUT_NAME, DeployNet, FrozenNormNet
 
 FORMATS = ("onnx", "torchscript")
 # Every op the exported graph may contain (checked by the tests): plain tensor ops and shape
-# arithmetic that ONNX converters handle.
+# arithmetic that ONNX converters handle. MatMul (multi-style models: style weights (B, S) times
+# a layer's (S, C) γ/β table) is a core op of TensorRT, CoreML, TFLite and OpenVINO alike.
 _SAFE_OPS = """Pad Conv InstanceNormalization Relu Add Sub Mul Neg Mod Tanh Slice Concat Reshape
-    Transpose Unsqueeze Shape Gather Constant ConstantOfShape Cast Identity"""
+    Transpose Unsqueeze Shape Gather Constant ConstantOfShape Cast Identity MatMul"""
 CONVERTER_SAFE_OPS = frozenset(_SAFE_OPS.split())
 ONNX_OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "image", "stylized"
@@ -52,23 +69,66 @@ def _legacy_onnx_kwargs() -> dict:
     return {}
 
 
+class _ExportConditionalNorm(nn.Module):
+    """``ConditionalInstanceNorm`` for the ONNX exporter: the same function, with the instance
+    norm's unit scale and zero shift explicit. The TorchScript-based exporter needs a norm's
+    channel count to export it without a scale, and after the sub-pixel decoder's reshapes
+    (``SubPixelConvLayer``) it does not know it. Exported: InstanceNormalization, MatMul, Mul,
+    Add."""
+
+    def __init__(self, m: ConditionalInstanceNorm):
+        super().__init__()
+        self.weight, self.bias, self.eps = m.weight, m.bias, m.eps
+        self.one: torch.Tensor  # buffers, declared for the type checker
+        self.zero: torch.Tensor
+        self.register_buffer("one", torch.ones(m.num_features))
+        self.register_buffer("zero", torch.zeros(m.num_features))
+
+    def forward(self, x: torch.Tensor, style: Style = None) -> torch.Tensor:
+        gamma, beta = style_affine(self.weight, self.bias, style, x.shape[-2], x.shape[-1])
+        y = F.instance_norm(x, weight=self.one, bias=self.zero, eps=self.eps)
+        return y * gamma + beta
+
+
+def _export_copy(net: TransformerNet) -> TransformerNet:
+    """A float32 CPU copy of ``net`` with every conditional norm in its exportable form."""
+    net = copy.deepcopy(net).float().cpu().eval()
+    for name, m in named_norms(net):
+        if isinstance(m, ConditionalInstanceNorm):
+            parent, _, child = name.rpartition(".")
+            setattr(net.get_submodule(parent), child, _ExportConditionalNorm(m))
+    return net
+
+
+def _onnx_module(
+    net: TransformerNet, frozen_norms: bool
+) -> tuple[nn.Module, tuple[torch.Tensor, ...], list[str]]:
+    """What ``to_onnx_bytes`` traces: the module, example inputs and input names."""
+    example: tuple[torch.Tensor, ...] = (torch.rand(1, 3, 64, 64),)
+    names = [INPUT_NAME]
+    if frozen_norms:  # the style is folded into norm_affine: no style input
+        frozen = FrozenNormNet(net)
+        example += (torch.rand(2, frozen.total_channels),)
+        names.append(NORM_INPUT_NAME)
+        return frozen.eval(), example, names
+    if net.num_styles > 1:  # a style row per image; one-hot here, any weights at run time
+        example += (torch.eye(net.num_styles)[:1],)
+        names.append(STYLE_INPUT_NAME)
+    return DeployNet(_export_copy(net)).eval(), example, names
+
+
 def to_onnx_bytes(
     net: TransformerNet, opset: int = ONNX_OPSET, frozen_norms: bool = False
 ) -> bytes:
     """Serialise ``net`` as an ONNX model (dynamic batch, height, width).
 
-    ``frozen_norms``: export ``FrozenNormNet`` instead (second input ``norm_affine``)."""
+    ``frozen_norms``: export ``FrozenNormNet`` instead (second input ``norm_affine``). A
+    multi-style ``net`` (not frozen) gets the second input ``style`` (B, S)."""
     axes = {0: "batch", 2: "height", 3: "width"}
-    example: tuple[torch.Tensor, ...] = (torch.rand(1, 3, 64, 64),)
-    names = [INPUT_NAME]
-    if frozen_norms:
-        frozen = FrozenNormNet(net)
-        example += (torch.rand(2, frozen.total_channels),)
-        names.append(NORM_INPUT_NAME)
-        module: nn.Module = frozen
-    else:
-        module = DeployNet(copy.deepcopy(net).float().cpu().eval())
-    module = module.eval()
+    module, example, names = _onnx_module(net, frozen_norms)
+    dynamic = {INPUT_NAME: axes, OUTPUT_NAME: axes}
+    if STYLE_INPUT_NAME in names:
+        dynamic[STYLE_INPUT_NAME] = {0: "batch"}  # one row per image
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer and deprecation chatter
@@ -79,7 +139,7 @@ def to_onnx_bytes(
                 buf,  # type: ignore[arg-type]  # the TorchScript exporter writes file objects too
                 input_names=names,
                 output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
+                dynamic_axes=dynamic,
                 opset_version=opset,
                 **_legacy_onnx_kwargs(),
             )
@@ -87,23 +147,31 @@ def to_onnx_bytes(
         except (ImportError, RuntimeError, TypeError):
             if not _legacy_onnx_kwargs():
                 raise
-        # The legacy exporter has been removed from this torch: use torch.export (dynamo).
-        shapes: dict = {"x": {0: "batch", 2: "height", 3: "width"}}
-        if frozen_norms:
-            shapes["norm_affine"] = None
-        prog = torch.onnx.export(
-            module,
-            example,
-            input_names=names,
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes=shapes,
-            opset_version=18,
-            dynamo=True,
-            verbose=False,
-        )
-        if prog is None:
-            raise RuntimeError("torch.onnx.export (dynamo) returned no program")
-        return prog.model_proto.SerializeToString()
+        return _dynamo_onnx_bytes(module, example, names)
+
+
+def _dynamo_onnx_bytes(
+    module: nn.Module, example: tuple[torch.Tensor, ...], names: list[str]
+) -> bytes:
+    """The export through torch.export (dynamo), where the legacy exporter has been removed."""
+    shapes: dict = {"x": {0: "batch", 2: "height", 3: "width"}}
+    if NORM_INPUT_NAME in names:
+        shapes["norm_affine"] = None
+    if STYLE_INPUT_NAME in names:
+        shapes["style"] = {0: "batch"}
+    prog = torch.onnx.export(
+        module,
+        example,
+        input_names=names,
+        output_names=[OUTPUT_NAME],
+        dynamic_shapes=shapes,
+        opset_version=18,
+        dynamo=True,
+        verbose=False,
+    )
+    if prog is None:
+        raise RuntimeError("torch.onnx.export (dynamo) returned no program")
+    return prog.model_proto.SerializeToString()
 
 
 def export_onnx(net: TransformerNet, path: str | os.PathLike, meta: dict | None = None) -> Path:
@@ -121,7 +189,8 @@ def export_onnx(net: TransformerNet, path: str | os.PathLike, meta: dict | None 
 
 
 def to_torchscript(net: TransformerNet) -> torch.jit.ScriptModule:
-    """Script (not trace) ``DeployNet`` so that any H, W works."""
+    """Script (not trace) ``DeployNet`` so that any H, W works: ``module(image)``, and for a
+    multi-style ``net`` ``module(image, style)`` with (B, S) weights or a (B, S, H, W) map."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit deprecation notice
         return torch.jit.script(DeployNet(copy.deepcopy(net).float().cpu().eval()).eval())
@@ -202,7 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.exit(2, "error: ONNX export needs: pip install 'fast_style[export]'\n")
     written = export(net, fmt, out, meta)
     mb = written.stat().st_size / 1e6
-    print(f"wrote {written} ({fmt}, style {meta.get('style')!r}, {mb:.1f} MB)")
+    styles = f"{net.num_styles} styles (input {STYLE_INPUT_NAME!r})" if net.num_styles > 1 else ""
+    what = styles or f"style {meta.get('style')!r}"
+    print(f"wrote {written} ({fmt}, {what}, {mb:.1f} MB)")
     return 0
 
 

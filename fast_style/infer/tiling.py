@@ -30,6 +30,14 @@ the network never sees more than a tile (``tile + 3`` pixels a side) or the thum
 large the image. For an image within the thumbnail budget, tiled and untiled outputs agree to
 about 60 dB PSNR; above it, the thumbnail statistics are an approximation (about 30-35 dB
 against an untiled run at 2-3× downscale), the same for every tile, so no seams appear.
+
+Styles (multi-style networks). A conditional norm's statistics depend on the style (every
+earlier layer's γ/β do), so the statistics pass runs with the tiles' style: the same weights,
+or a painted mask's thumbnail. The tile pass then applies each layer's frozen normalisation
+followed by the style's γ/β: folded into one per-channel map for weights
+(``pack_norm_affine``, the ``norm_affine`` input of the fused and ONNX Runtime tiles), or per
+pixel from the tile's crop of the mask (PyTorch: ``frozen_norm_stats`` with the map; fused: a
+(2, 2, ΣC) ``norm_affine`` of both styles plus the mask).
 """
 
 from __future__ import annotations
@@ -42,7 +50,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from fast_style.core.network import MIN_SIZE, SIZE_MULTIPLE, Style, named_norms, norm_params
+from fast_style.core.network import (
+    MIN_SIZE,
+    SIZE_MULTIPLE,
+    ConditionalInstanceNorm,
+    Style,
+    named_norms,
+    norm_affine,
+    norm_params,
+)
+from fast_style.infer.deploy import PaintedStyle
 
 STATS_PIXELS = 1024 * 1024  # largest thumbnail for the statistics pass of tiled inference
 
@@ -62,10 +79,11 @@ class NormStats:
 
 
 def _norms(net: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``net``'s norms by name (``TransformerNet`` or ``DeployNet``), each an instance norm."""
+    """``net``'s norms by name (``TransformerNet`` or ``DeployNet``), each an instance norm
+    (plain, or conditional: γ/β from the style input)."""
     norms = named_norms(net)
     for name, m in norms:
-        if not isinstance(m, nn.InstanceNorm2d):
+        if not isinstance(m, nn.InstanceNorm2d | ConditionalInstanceNorm):
             raise TypeError(f"{name}: tiled inference needs instance norms, not {type(m).__name__}")
     return norms
 
@@ -99,11 +117,13 @@ def record_norm_stats(net: nn.Module) -> Iterator[NormStats]:
     """Run ``net`` with *joint* instance norm over the batch, recording each layer's statistics.
 
     Every layer normalises with the per-channel mean/variance over (B, H, W) together, i.e.
-    the batch is treated as pieces of one image. For B = 1 this is exactly instance norm."""
+    the batch is treated as pieces of one image. For B = 1 this is exactly instance norm. The
+    style input of each forward applies as in the network (``norm_affine``): a multi-style
+    network's statistics depend on the style, so record them with the style of the tiles."""
     stats = NormStats([], [], [])
 
     def make_forward(name: str, m: nn.Module) -> Callable:
-        gamma, beta, eps = norm_params(m)
+        eps = norm_params(m)[2]
 
         def forward(x: torch.Tensor, style: Style = None) -> torch.Tensor:
             xf = x.float()
@@ -113,7 +133,8 @@ def record_norm_stats(net: nn.Module) -> Iterator[NormStats]:
             stats.means.append(mean[:, :, 0, 0])
             stats.variances.append(var[:, :, 0, 0])
             y = (xf - mean) * torch.rsqrt(var + eps)
-            return (y * gamma[:, None, None] + beta[:, None, None]).to(x.dtype)
+            gamma, beta = norm_affine(m, style, x.shape[-2], x.shape[-1])
+            return (y * gamma.float() + beta.float()).to(x.dtype)
 
         return forward
 
@@ -121,49 +142,128 @@ def record_norm_stats(net: nn.Module) -> Iterator[NormStats]:
         yield stats
 
 
-def _norm_affine(
+# (layer index in ``named_norms`` order, mean (B, C), variance (B, C)) → the mean and variance
+# to normalise with: ``hooked_norm_stats`` and ``FusedRunner(stats_hook=)`` call it per norm.
+StatsHook = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@contextlib.contextmanager
+def hooked_norm_stats(net: nn.Module, hook: StatsHook) -> Iterator[None]:
+    """Run every instance norm with the statistics ``hook`` makes of each image's own (e.g. a
+    moving average across the frames of a clip, ``fast_style.infer.temporal``); γ/β as usual."""
+    norms = _norms(net)
+
+    def make_forward(i: int, m: nn.Module) -> Callable:
+        eps = norm_params(m)[2]
+
+        def forward(x: torch.Tensor, style: Style = None) -> torch.Tensor:
+            xf = x.float()
+            mean, var = hook(i, xf.mean((2, 3)), xf.var((2, 3), unbiased=False))
+            y = (xf - mean[..., None, None]) * torch.rsqrt(var[..., None, None] + eps)
+            gamma, beta = norm_affine(m, style, x.shape[-2], x.shape[-1])
+            return (y * gamma.float() + beta.float()).to(x.dtype)
+
+        return forward
+
+    index = {name: i for i, (name, _) in enumerate(norms)}
+    with _patched_norms(norms, lambda name, m: make_forward(index[name], m)):
+        yield
+
+
+def _normalizer(
     m: nn.Module, mean: torch.Tensor, var: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Norm ``m`` with fixed statistics as ``x * scale + shift``; each (1, C)."""
-    gamma, beta, eps = norm_params(m)
-    scale = torch.rsqrt(var + eps)
-    shift = -mean * scale
-    return (scale * gamma).detach(), (shift * gamma + beta).detach()
+    """Norm ``m`` with fixed statistics before its γ/β: ``x * scale + shift``; each (1, C)."""
+    scale = torch.rsqrt(var + norm_params(m)[2])
+    return scale, -mean * scale
 
 
-def _affines(net: nn.Module, stats: NormStats) -> list[tuple[str, nn.Module, tuple]]:
+def _style_rows(style: Style | PaintedStyle, num_styles: int) -> torch.Tensor | None:
+    """``style`` for ``pack_norm_affine``: None, or its weights as (1 | 2, S) rows."""
+    if style is None or num_styles == 1:
+        return None  # a one-style network has no style input
+    rows = style.rows if isinstance(style, PaintedStyle) else style
+    if rows.dim() == 1:
+        rows = rows[None]
+    want = 2 if isinstance(style, PaintedStyle) else 1
+    if rows.dim() != 2 or rows.shape != (want, num_styles):
+        raise ValueError(
+            f"norm_affine folds in one style's (S,) = ({num_styles},) weights (or a painted "
+            f"style's two rows), got {tuple(rows.shape)}"
+        )
+    return rows.float()
+
+
+def _affines(
+    net: nn.Module, stats: NormStats, rows: torch.Tensor | None
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, the frozen norm as ``x * scale + shift`` with the γ/β of style ``rows``
+    (None: the first style) folded in; each (R, C), R = 1, or 2 for a painted style's rows."""
     norms = _norms(net)
     _check_stats(norms, stats)
-    return [
-        (name, m, _norm_affine(m, mean, var))
-        for (name, m), mean, var in zip(norms, stats.means, stats.variances, strict=True)
-    ]
+    out = []
+    for (_, m), mean, var in zip(norms, stats.means, stats.variances, strict=True):
+        scale, shift = _normalizer(m, mean, var)
+        style = None if rows is None else rows.to(mean.device)  # weights of any device
+        gamma, beta = (t[:, :, 0, 0] for t in norm_affine(m, style, 1, 1))
+        out.append(((scale * gamma).detach(), (shift * gamma + beta).detach()))
+    return out
 
 
-def pack_norm_affine(net: nn.Module, stats: NormStats) -> torch.Tensor:
-    """The ``norm_affine`` input (2, ΣC) of ``fast_style.infer.deploy.FrozenNormNet`` and
-    ``FusedRunner``: scales in row 0, shifts in row 1, layers in ``named_norms`` order."""
-    pairs = [p for *_, p in _affines(net, stats)]
-    return torch.stack([torch.cat([p[0][0] for p in pairs]), torch.cat([p[1][0] for p in pairs])])
+def pack_norm_affine(
+    net: nn.Module, stats: NormStats, style: Style | PaintedStyle = None
+) -> torch.Tensor:
+    """The ``norm_affine`` input of ``fast_style.infer.deploy.FrozenNormNet`` and ``FusedRunner``
+    with the γ/β of ``style`` folded in: (2, ΣC), scales in row 0, shifts in row 1, layers in
+    ``named_norms`` order. ``style``: None (the first style) or (S,) / (1, S) weights; a
+    ``PaintedStyle`` gives (2, 2, ΣC), the maps where its mask is 1 (``[0]``) and 0 (``[1]``)
+    (the fused runner's painted tiles). A one-style network ignores ``style``."""
+    rows = _style_rows(style, _num_styles(net))
+    pairs = _affines(net, stats, rows)
+    packed = torch.stack([torch.cat([p[0] for p in pairs], 1), torch.cat([p[1] for p in pairs], 1)])
+    if rows is not None and rows.shape[0] == 2:  # a painted style: (2 rows, 2, ΣC)
+        return packed.transpose(0, 1).contiguous()
+    return packed[:, 0]
+
+
+def _num_styles(net: nn.Module) -> int:
+    """S of ``net``'s norms (1 for plain instance norms)."""
+    gamma = norm_params(_norms(net)[0][1])[0]
+    return 1 if gamma.dim() == 1 else gamma.shape[0]
 
 
 @contextlib.contextmanager
 def frozen_norm_stats(net: nn.Module, stats: NormStats) -> Iterator[None]:
-    """Run every norm as a fixed affine map with the given statistics (of the same layers)."""
-    affine = {
-        name: (sc[..., None, None], sh[..., None, None])
-        for name, _, (sc, sh) in _affines(net, stats)
+    """Run every norm as a fixed affine map with the given statistics (of the same layers).
+    Plain norms fold γ/β in once; conditional norms apply the γ/β of each forward's style
+    input, per image for (B, S) weights and per pixel for a (B, S, H, W) map (the tile of a
+    painted mask, pooled to each layer as in the network)."""
+    norms = _norms(net)
+    _check_stats(norms, stats)
+    fixed = {
+        name: _normalizer(m, mean, var)
+        for (name, m), mean, var in zip(norms, stats.means, stats.variances, strict=True)
     }
+    folded = {name: p for (name, m), p in zip(norms, _affines(net, stats, None), strict=True)}
 
-    def make_forward(name: str, _m: nn.Module) -> Callable:
-        scale, shift = affine[name]
+    def make_forward(name: str, m: nn.Module) -> Callable:
+        if isinstance(m, nn.InstanceNorm2d):  # plain: γ/β folded in once
+            scale, shift = (t[..., None, None] for t in folded[name])
 
-        def forward(x: torch.Tensor, style: Style = None) -> torch.Tensor:
-            return x * scale.to(x.dtype) + shift.to(x.dtype)
+            def forward(x: torch.Tensor, style: Style = None) -> torch.Tensor:
+                return x * scale.to(x.dtype) + shift.to(x.dtype)
 
-        return forward
+            return forward
+        norm_scale, norm_shift = (t[..., None, None] for t in fixed[name])
 
-    with _patched_norms(_norms(net), make_forward):
+        def conditional(x: torch.Tensor, style: Style = None) -> torch.Tensor:
+            gamma, beta = norm_affine(m, style, x.shape[-2], x.shape[-1])
+            k, t = norm_scale * gamma.float(), norm_shift * gamma.float() + beta.float()
+            return x * k.to(x.dtype) + t.to(x.dtype)
+
+        return conditional
+
+    with _patched_norms(norms, make_forward):
         yield
 
 
@@ -225,9 +325,11 @@ def run_tiled(
 ) -> None:
     """Stylise an image of ``size = (H, W)`` tile by tile and feather the tiles together.
 
-    ``read(y0, y1, x0, x1)`` returns the (1, 3, h, w) float input tile; ``forward`` maps it to
-    the stylised tile; ``emit(y0, y1, rows)`` receives finished output rows (1, 3, y1 - y0, W),
-    top to bottom. Only one strip of rows is held in memory.
+    ``read(y0, y1, x0, x1)`` returns the (1, C, h, w) float input tile (the image's 3
+    channels, and any per-pixel inputs ``forward`` needs after them: a painted style's mask);
+    ``forward`` maps it to the stylised (1, 3, h, w) tile; ``emit(y0, y1, rows)`` receives
+    finished output rows (1, 3, y1 - y0, W), top to bottom. Only one strip of rows is held in
+    memory.
     """
     h, w = size
     ys, xs = tile_spans(h, tile, overlap), tile_spans(w, tile, overlap)

@@ -3,10 +3,14 @@
 A web page and a JSON API for stylising photos, for people who never open a terminal.
 
 * ``GET /`` the page (``fast_style/web``: plain HTML/JS/CSS, everything served locally);
-* ``GET /api/styles`` every model in the folder: name, thumbnail URL, metadata, and the limits;
+* ``GET /api/styles`` every style in the folder (one per single-style file, one per style of a
+  multi-style file: ``fast_style.serve.registry``): name, painting caption, thumbnail URL,
+  metadata; which one is the ``default``; and the limits. Demo models only with ``show_demos``;
 * ``GET /api/styles/{name}/thumbnail`` a JPEG thumbnail of the painting;
 * ``POST /api/stylize`` multipart ``image``, ``style``, ``strength``, ``preserve_color``,
-  optional ``mask`` (greyscale PNG, white = style), ``max_size`` and ``format``; returns the image;
+  optional ``mask`` (greyscale PNG, white = style, black = photo), ``max_size`` and ``format``;
+  for two styles of one multi-style model, ``style_b`` with ``blend`` (its weight in a mix) or a
+  ``style_mask`` (white = ``style``, black = ``style_b``); returns the image;
 * ``GET /healthz``; ``GET /docs`` the API page (``web/docs.html``, rendered from
   ``/openapi.json`` by local script; FastAPI's CDN-loaded Swagger UI and ReDoc are off).
 
@@ -41,9 +45,11 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import torch
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -55,6 +61,7 @@ from fast_style.core.resources import shipped_models_dir
 from fast_style.serve.errors import ApiError, error_response
 from fast_style.serve.jobs import (
     Job,
+    choose_styles,
     decode_upload,
     download_name,
     encode,
@@ -64,7 +71,7 @@ from fast_style.serve.jobs import (
     run_job,
 )
 from fast_style.serve.limits import AdmissionMiddleware, Limiter, Limits, in_thread
-from fast_style.serve.registry import ModelRegistry
+from fast_style.serve.registry import ModelRegistry, StyleEntry
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -115,11 +122,13 @@ def create_app(
     device: str = "auto",
     backend: str = "auto",
     half: bool | str = False,
+    show_demos: bool = False,
 ) -> FastAPI:
     """The FastAPI application serving the models in ``models_dir`` (default: the shipped
-    models; see the module docstring)."""
+    models; see the module docstring); ``show_demos`` lists demo models too."""
     limits = limits or Limits()
-    registry = ModelRegistry(Path(models_dir or shipped_models_dir()), device, backend, half)
+    folder = Path(models_dir or shipped_models_dir())
+    registry = ModelRegistry(folder, device, backend, half, show_demos)
     limiter = Limiter(limits)
 
     @contextlib.asynccontextmanager
@@ -180,10 +189,16 @@ def _add_api_routes(
             "queue": limits.queue,
         }
 
-    @app.get("/api/styles", summary="Every style: name, thumbnail URL and metadata")
+    @app.get("/api/styles", summary="Every style: name, painting, thumbnail URL and metadata")
     async def styles() -> dict[str, Any]:
         items = await asyncio.to_thread(registry.listing)
-        return {"styles": items, "limits": limits.public(), "device": device_type}
+        default = await asyncio.to_thread(registry.default)
+        return {
+            "styles": items,
+            "default": default,
+            "limits": limits.public(),
+            "device": device_type,
+        }
 
     @app.get(
         "/api/styles/{name}/thumbnail",
@@ -213,55 +228,82 @@ def _add_api_routes(
 
 _ERRORS = {
     400: "corrupt image",
-    404: "unknown style",
+    404: "unknown style (or style_b)",
     408: "request body too slow (closes the connection)",
     413: "upload too large, or too many pixels (in one image, or image + mask over the budget)",
     415: "not an image",
-    422: "bad parameters",
+    422: "bad parameters (a mask that does not fit the image; style_b not of style's model, "
+    "or without blend or style_mask)",
     429: "this client already has its share of requests in progress (retry later)",
     503: "server busy (retry later)",
 }
+
+
+# The form fields of ``POST /api/stylize`` (the descriptions are the API page's).
+ImageField = Annotated[UploadFile, File(description="the photo (JPEG, PNG, WebP, …)")]
+StyleField = Annotated[str, Form(description="a style name from /api/styles")]
+StrengthField = Annotated[float, Form(ge=0.0, le=1.0, description="0 photo, 1 full style")]
+PreserveField = Annotated[bool, Form(description="keep the photo's colours")]
+MaskField = Annotated[
+    UploadFile | None, File(description="greyscale PNG, white = style, black = photo")
+]
+StyleBField = Annotated[
+    str | None,
+    Form(description="a second style of the same multi-style model: with blend or style_mask"),
+]
+BlendField = Annotated[
+    float | None, Form(ge=0.0, le=1.0, description="with style_b: its weight in a mix (0 = style)")
+]
+StyleMaskField = Annotated[
+    UploadFile | None,
+    File(description="with style_b: greyscale PNG, white = style, black = style_b"),
+]
+MaxSizeField = Annotated[
+    int | None, Form(ge=8, le=65536, description="downscale the long side to this")
+]
+FormatField = Annotated[Literal["png", "jpeg", "webp"], Form(description="result format")]
 
 
 def _stylize_endpoint(
     app: FastAPI, registry: ModelRegistry, limiter: Limiter, limits: Limits
 ) -> Callable[..., Awaitable[Response]]:
     async def stylize(
-        image: Annotated[UploadFile, File(description="the photo (JPEG, PNG, WebP, …)")],
-        style: Annotated[str, Form(description="a style name from /api/styles")],
-        strength: Annotated[float, Form(ge=0.0, le=1.0, description="0 photo, 1 full style")] = 1.0,
-        preserve_color: Annotated[bool, Form(description="keep the photo's colours")] = False,
-        mask: Annotated[UploadFile | None, File(description="greyscale PNG, white = style")] = None,
-        max_size: Annotated[
-            int | None, Form(ge=8, le=65536, description="downscale the long side to this")
-        ] = None,
-        format: Annotated[
-            Literal["png", "jpeg", "webp"], Form(description="result format")
-        ] = "png",
+        image: ImageField,
+        style: StyleField,
+        strength: StrengthField = 1.0,
+        preserve_color: PreserveField = False,
+        mask: MaskField = None,
+        style_b: StyleBField = None,
+        blend: BlendField = None,
+        style_mask: StyleMaskField = None,
+        max_size: MaxSizeField = None,
+        format: FormatField = "png",
     ) -> Response:
         t0 = time.perf_counter()
         entry = await asyncio.to_thread(registry.get, style)
+        weights, other = await asyncio.to_thread(
+            choose_styles, registry, entry, style_b or None, blend, style_mask is not None
+        )
         side = min(max_size or limits.max_side, limits.max_side)
         async with limiter.image_slot():
-            data = await read_limited(image, limits.max_upload_bytes, "image")
-            mask_data = (
-                await read_limited(mask, limits.max_upload_bytes, "mask")
-                if mask is not None
-                else None
+            uploads = Uploads(
+                await read_limited(image, limits.max_upload_bytes, "image"),
+                await _read_optional(mask, limits, "mask"),
+                await _read_optional(style_mask, limits, "style_mask"),
             )
             # Pixels are reserved from the headers before anything is decoded, and held until
             # the result is back (the job holds the full-size image until then).
-            need = await in_thread(_header_pixels, data, mask_data, limits)
+            need = await in_thread(uploads.header_pixels, limits)
             async with limiter.pixels(need):
                 job = await in_thread(
-                    _decode_job, data, mask_data, limits, strength, preserve_color, side
+                    uploads.decode, limits, strength, preserve_color, side, weights
                 )
-                del data, mask_data
+                del uploads
                 async with limiter.lane(job.pixels):
                     out = await limiter.run(app.state.run_job, registry, entry, job)
                 del job
             body = await asyncio.to_thread(encode, out, format)
-        filename = download_name(image.filename, style, format)
+        filename = download_name(image.filename, _result_name(style, entry, other), format)
         headers = {
             "Content-Disposition": f'inline; filename="{filename}"',
             "X-Image-Size": f"{out.width}x{out.height}",
@@ -272,18 +314,42 @@ def _stylize_endpoint(
     return stylize
 
 
-def _header_pixels(data: bytes, mask_data: bytes | None, limits: Limits) -> int:
-    return header_pixels(data, limits) + header_pixels(mask_data, limits)
+async def _read_optional(upload: UploadFile | None, limits: Limits, name: str) -> bytes | None:
+    return None if upload is None else await read_limited(upload, limits.max_upload_bytes, name)
 
 
-def _decode_job(
-    data: bytes,
-    mask_data: bytes | None,
-    limits: Limits,
-    strength: float,
-    preserve_color: bool,
-    side: int,
-) -> Job:
-    img = decode_upload(data, limits, "image")
-    mask = mask_to_l(decode_upload(mask_data, limits, "mask"), img.size) if mask_data else None
-    return Job(img, mask, strength, preserve_color, side)
+def _result_name(style: str, entry: StyleEntry, other: StyleEntry | None) -> str:
+    """The style part of the download's name: the name asked for (a single-style model), or
+    the style(s) of a multi-style model (``great_wave``, ``great_wave-the_scream``)."""
+    if entry.num_styles == 1:
+        return style
+    return entry.style if other is None else f"{entry.style}-{other.style}"
+
+
+@dataclass
+class Uploads:
+    """The bytes of a request's image and masks, until they are decoded."""
+
+    image: bytes
+    mask: bytes | None
+    style_mask: bytes | None
+
+    def header_pixels(self, limits: Limits) -> int:
+        """Pixels the three decode to, from their headers (``jobs.header_pixels``)."""
+        return sum(header_pixels(d, limits) for d in (self.image, self.mask, self.style_mask))
+
+    def decode(
+        self,
+        limits: Limits,
+        strength: float,
+        preserve_color: bool,
+        side: int,
+        style: torch.Tensor | None,
+    ) -> Job:
+        """The decoded job; a mask that does not fit the image is 422 (``jobs.mask_to_l``)."""
+        img = decode_upload(self.image, limits, "image")
+        masks = [
+            mask_to_l(decode_upload(data, limits, name), img.size, name) if data else None
+            for data, name in ((self.mask, "mask"), (self.style_mask, "style_mask"))
+        ]
+        return Job(img, masks[0], strength, preserve_color, side, style, masks[1])

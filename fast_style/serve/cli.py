@@ -32,6 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="folder of .safetensors/.ckpt models (default: the shipped models)",
     )
+    p.add_argument(
+        "--show-demos",
+        action="store_true",
+        help='list demo models too (*_cpu_demo, or "demo": true in the metadata); hidden by '
+        "default, usable by name either way",
+    )
     p.add_argument("--device", default="auto", help="auto (GPU when present) | cpu | cuda")
     p.add_argument(
         "--backend",
@@ -143,10 +149,13 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def startup_message(host: str, port: int, models: Path, count: int) -> str:
-    """What the server says when it starts: where, which models, and who can reach it."""
+def startup_message(host: str, port: int, models: Path, count: int, hidden: int = 0) -> str:
+    """What the server says when it starts: where, which models (``hidden``: demo styles not
+    listed), and who can reach it."""
     shown = f"[{host}]" if ":" in host else host
     lines = [f"fast_style: serving {count} style(s) from {models} at http://{shown}:{port}/"]
+    if hidden:
+        lines.append(f"  {hidden} demo style(s) not listed on the page: --show-demos lists them")
     if _is_loopback(host):
         lines.append(
             f"  bound to loopback ({host}) only: reachable from this machine, not from "
@@ -191,9 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     if device.type == "cpu":
         tune_malloc()  # reuse freed activations across requests (fast_style.infer.allocator)
-    app = create_app(models, limits, a.device, a.backend, a.half or False)
-    count = len(app.state.registry.entries())
-    print(startup_message(a.host, a.port, models, count), file=sys.stderr, flush=True)
+    app = create_app(models, limits, a.device, a.backend, a.half or False, a.show_demos)
+    registry = app.state.registry
+    count, every = len(registry.entries()), len(registry.all_entries())
+    print(
+        startup_message(a.host, a.port, models, count, every - count), file=sys.stderr, flush=True
+    )
     # uvicorn trusts X-Forwarded-For from 127.0.0.1 by default; the per-client share must not
     # be dodged with a made-up header, so proxies are trusted only when named.
     proxy = {"proxy_headers": a.forwarded_allow_ips is not None}

@@ -1,4 +1,4 @@
-"""One stylise request: decode (413/415/400/422), stylise, encode."""
+"""One stylise request: the styles (404/422), decode (413/415/400/422), stylise, encode."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import torch
 from fastapi import UploadFile
 from PIL import Image
 
@@ -14,7 +16,9 @@ from fast_style.core.imaging import (
     UPLOAD_FORMATS,
     ImageReadError,
     ImageTooLargeError,
+    MaskSizeError,
     NotAnImageError,
+    check_mask_size,
     open_image_bytes,
     split_alpha,
 )
@@ -33,6 +37,10 @@ class Job:
     strength: float
     preserve_color: bool
     max_side: int
+    # A multi-style model's weights: (S,) for one style or a mix, (2, S) with style_mask (row 0
+    # where it is white, row 1 where black); None for a single-style model.
+    style: torch.Tensor | None = None
+    style_mask: Image.Image | None = None
 
     @property
     def pixels(self) -> int:
@@ -71,12 +79,10 @@ def decode_upload(data: bytes, limits: Limits, name: str) -> Image.Image:
         raise ApiError(400, str(e)) from None
 
 
-def mask_to_l(mask: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """A mask upload as L (white = style); transparent pixels count as black. Its aspect ratio
-    must match the image's (it is resized to the image by the stylizer); else 422."""
-    # A local import keeps this change inside mask_to_l; it may join the imports above.
-    from fast_style.core.imaging import MaskSizeError, check_mask_size
-
+def mask_to_l(mask: Image.Image, size: tuple[int, int], name: str = "mask") -> Image.Image:
+    """A mask upload as L (white = style, or style A of a style mask); transparent pixels
+    count as black. Its aspect ratio must match the image's (it is resized to the image by the
+    stylizer); else 422 (the message names a ``style_mask``; a ``mask``'s is as it always was)."""
     rgb, alpha = split_alpha(mask)
     m = rgb.convert("L")
     if alpha is not None:
@@ -85,8 +91,59 @@ def mask_to_l(mask: Image.Image, size: tuple[int, int]) -> Image.Image:
         check_mask_size(m.size, size)
     except MaskSizeError as e:
         detail = {"mask_size": list(e.mask_size), "image_size": list(e.image_size)}
-        raise ApiError(422, str(e), detail) from None
+        prefix = "" if name == "mask" else f"{name}: "
+        raise ApiError(422, f"{prefix}{e}", detail) from None
     return m
+
+
+def choose_styles(
+    registry: ModelRegistry,
+    entry: StyleEntry,
+    style_b: str | None,
+    blend: float | None,
+    painted: bool,
+) -> tuple[torch.Tensor | None, StyleEntry | None]:
+    """The style weights of a request and its second style: (None, None) for a single-style
+    model alone (run as it always was); (S,) one-hot or a mix ``(1 - blend) A + blend B``;
+    (2, S) rows A, B when ``painted`` (a ``style_mask`` was sent). 404 for an unknown
+    ``style_b``; 422 for a combination that does not make sense (each says why)."""
+    if style_b is None:
+        if blend is not None:
+            raise ApiError(422, "blend needs style_b: the style to mix in")
+        if painted:
+            raise ApiError(422, "style_mask needs style_b: the style for its black areas")
+        return (_one_hot(entry) if entry.num_styles > 1 else None), None
+    other = registry.get(style_b)
+    if other.path != entry.path or entry.num_styles == 1:
+        same = [e.name for e in registry.all_entries().values() if e.path == entry.path]
+        raise ApiError(
+            422,
+            f"style_b {style_b!r} is not a style of the model of {entry.name!r} "
+            f"({entry.path.name}): two styles are mixed or painted by one multi-style model",
+            {"same_model": [n for n in same if n != entry.name]},
+        )
+    if other.index == entry.index:
+        raise ApiError(422, f"style_b is the same style as style ({entry.style!r})")
+    a, b = _one_hot(entry), _one_hot(other)
+    if painted and blend is not None:
+        raise ApiError(
+            422,
+            "blend and style_mask exclude each other: blend mixes the two styles everywhere, "
+            "style_mask paints them side by side",
+        )
+    if painted:
+        return torch.stack([a, b]), other
+    if blend is None:
+        raise ApiError(
+            422, "style_b needs blend (0..1: its weight in a mix) or a style_mask (where it goes)"
+        )
+    return (1.0 - blend) * a + blend * b, other
+
+
+def _one_hot(entry: StyleEntry) -> torch.Tensor:
+    w = torch.zeros(entry.num_styles, dtype=torch.float32)
+    w[entry.index] = 1.0
+    return w
 
 
 def run_job(registry: ModelRegistry, entry: StyleEntry, job: Job) -> Image.Image:
@@ -96,12 +153,16 @@ def run_job(registry: ModelRegistry, entry: StyleEntry, job: Job) -> Image.Image
     except (ModelFileError, ValueError) as e:
         raise ApiError(500, f"model {entry.name!r} could not be loaded", str(e)) from None
     try:
+        styles: dict[str, Any] = {} if job.style is None else {"style": job.style}
+        if job.style_mask is not None:
+            styles["style_mask"] = job.style_mask
         return model.stylize_image(
             job.image,
             strength=job.strength,
             preserve_color=job.preserve_color,
             max_size=job.max_side,
             mask=job.mask,
+            **styles,
         )
     except ValueError as e:
         raise ApiError(422, str(e)) from None

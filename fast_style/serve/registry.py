@@ -1,4 +1,12 @@
-"""The models of one folder: listed from their metadata, loaded lazily once, cached."""
+"""The styles of one folder's models: listed from their metadata, each file loaded lazily once.
+
+A single-style file is one style, named by its file stem (``starry_night``). A multi-style
+file (``model_io.style_names`` has several) is one style per γ/β row, named
+``<stem>:<style>`` (``multi:great_wave``, as ``model_io.find_style`` lists them); a bare style
+name also finds it when no file has that name (as ``stylize.py --model great_wave``). Every
+style of a file shares that file's one loaded ``Stylizer``. Demo models
+(``fast_style.infer.styles.is_demo``) are left out of the listing unless ``show_demos``.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +21,17 @@ from urllib.parse import quote
 
 from PIL import Image, ImageOps
 
-from fast_style.core.imaging import (
-    split_alpha,
+from fast_style.core.imaging import split_alpha
+from fast_style.core.model_io import (
+    ModelFileError,
+    find_models,
+    read_checkpoint,
+    read_safetensors,
+    style_entry,
+    style_names,
 )
-from fast_style.core.model_io import ModelFileError, find_models, read_checkpoint, read_safetensors
 from fast_style.core.resources import paintings_dir, resolve_data_path
+from fast_style.infer.styles import DEFAULT_STYLE, is_demo, painting_info
 from fast_style.infer.stylizer import Stylizer
 from fast_style.serve.errors import ApiError
 
@@ -27,17 +41,38 @@ THUMBNAIL_SIZE = 256
 
 @dataclass(frozen=True)
 class StyleEntry:
-    """One model file in the folder and its metadata."""
+    """One style of one model file: its API name, the file, the file's metadata, the style's
+    name and row (0 for a single-style file) and how many styles the file holds."""
 
     name: str
     path: Path
     meta: dict[str, Any]
+    style: str = ""
+    index: int = 0
+    num_styles: int = 1
+
+    @property
+    def model(self) -> str:
+        """The model file's name without extension (the styles of one file share it)."""
+        return self.path.stem
+
+    @property
+    def demo(self) -> bool:
+        return is_demo(self.path.stem, self.meta)
+
+    def entry(self) -> dict[str, Any]:
+        """The style's metadata entry (``model_io.style_entry``)."""
+        return style_entry(self.meta, self.style or None)
 
     def painting(self) -> Path | None:
-        """The painting the model was trained on, if it can be found."""
-        spec = (self.meta.get("training") or {}).get("style", {}).get("image")
-        candidates = [resolve_data_path(spec)] if isinstance(spec, str) and spec else []
-        candidates.append(paintings_dir() / f"{self.meta.get('style')}.jpg")
+        """The painting the style was trained on, if it can be found: its entry's ``image``
+        or ``painting.file`` (a single-style file's: its training settings' image), else the
+        shipped painting of that name."""
+        entry = self.entry()
+        given = entry.get("painting")
+        specs = [entry.get("image"), given.get("file") if isinstance(given, dict) else None]
+        candidates = [resolve_data_path(s) for s in specs if isinstance(s, str) and s]
+        candidates.append(paintings_dir() / f"{self.style or self.meta.get('style')}.jpg")
         return next((p for p in candidates if p.is_file()), None)
 
     def public_meta(self) -> dict[str, Any]:
@@ -53,21 +88,55 @@ class StyleEntry:
             "global_step",
         )
         out = {k: self.meta[k] for k in keys if k in self.meta}
+        out["style"] = self.style or out.get("style")
         painting = self.painting()
         out["painting"] = painting.name if painting else None
         out["file"] = self.path.name
         out["size_mb"] = round(self.path.stat().st_size / 1e6, 2)
         return out
 
+    def listing(self, loaded: bool) -> dict[str, Any]:
+        """The ``GET /api/styles`` item (see ``ModelRegistry.listing``)."""
+        info = painting_info(self.style, self.entry())
+        return {
+            "name": self.name,
+            "style": self.style,
+            "model": self.model,
+            "index": self.index,
+            "styles_in_model": self.num_styles,
+            **{k: info[k] for k in ("title", "artist", "year", "label")},
+            "demo": self.demo,
+            "thumbnail": f"/api/styles/{quote(self.name)}/thumbnail" if self.painting() else None,
+            "metadata": self.public_meta(),
+            "loaded": loaded,
+        }
+
+
+def file_entries(path: Path, meta: dict[str, Any]) -> list[StyleEntry]:
+    """The styles of one model file: itself (single-style) or one per row (multi-style)."""
+    names = style_names(meta)
+    if len(names) == 1:
+        return [StyleEntry(path.stem, path, meta, names[0])]
+    return [
+        StyleEntry(f"{path.stem}:{n}", path, meta, n, i, len(names)) for i, n in enumerate(names)
+    ]
+
 
 class ModelRegistry:
-    """The models in one folder. The folder is rescanned when styles are listed (metadata is
-    cached per file version); each model is loaded on its first use, once, and cached."""
+    """The styles of the models in one folder. The folder is rescanned when styles are listed
+    (metadata is cached per file version); each file is loaded on first use, once, and
+    cached. ``show_demos``: list demo models too (they can always be used by name)."""
 
     def __init__(
-        self, folder: Path, device: str = "auto", backend: str = "auto", half: bool | str = False
+        self,
+        folder: Path,
+        device: str = "auto",
+        backend: str = "auto",
+        half: bool | str = False,
+        show_demos: bool = False,
     ):
         self.folder, self.device, self.backend, self.half = folder, device, backend, half
+        self.show_demos = show_demos
         self._meta: dict[tuple[Path, int, int], dict[str, Any] | None] = {}
         self._loaded: dict[str, tuple[tuple[Path, int, int], Stylizer]] = {}
         self._locks: dict[str, threading.Lock] = {}
@@ -90,50 +159,68 @@ class ModelRegistry:
                 self._meta[key] = None
         return self._meta[key]
 
-    def entries(self) -> dict[str, StyleEntry]:
-        """Name (file stem) → entry; a ``.safetensors`` wins over a ``.ckpt`` of the same name."""
-        out: dict[str, StyleEntry] = {}
+    def all_entries(self) -> dict[str, StyleEntry]:
+        """Name → entry of every style, demos included: single-style files by name, then the
+        styles of each multi-style file in row order. A ``.safetensors`` wins over a
+        ``.ckpt`` of the same name."""
+        singles: dict[str, StyleEntry] = {}
+        multis: dict[str, StyleEntry] = {}
+        stems: set[str] = set()
         for path in sorted(find_models([self.folder]), key=lambda p: p.suffix != ".safetensors"):
-            if path.stem in out:
+            if path.stem in stems:
                 continue
             meta = self._read_meta(path)
-            if meta is not None:
-                out[path.stem] = StyleEntry(path.stem, path, meta)
-        return dict(sorted(out.items()))
+            if meta is None:
+                continue
+            stems.add(path.stem)
+            for e in file_entries(path, meta):
+                (singles if e.num_styles == 1 else multis)[e.name] = e
+        ordered = sorted(multis.values(), key=lambda e: (e.model, e.index))
+        return {**dict(sorted(singles.items())), **{e.name: e for e in ordered}}
+
+    def entries(self) -> dict[str, StyleEntry]:
+        """The listed styles: every style, less the demo models unless ``show_demos``."""
+        return {k: e for k, e in self.all_entries().items() if self.show_demos or not e.demo}
 
     def get(self, name: str) -> StyleEntry:
-        """The entry of ``name``; 404 when there is no such style."""
+        """The style ``name`` (an API name, or a bare style name held by a multi-style file
+        when no file has that name; demos too); 404 when there is no such style."""
+        everything = self.all_entries()
+        if name in everything:
+            return everything[name]
+        held = [e for e in everything.values() if e.num_styles > 1 and e.style == name]
+        if held:
+            return held[0]
+        raise ApiError(404, f"unknown style {name!r}", {"available": sorted(self.entries())})
+
+    def default(self) -> str | None:
+        """The style the page preselects: ``DEFAULT_STYLE`` (the README's) as a file of its
+        own, else as a style of a multi-style file, else the first listed; None if none."""
         entries = self.entries()
-        if name not in entries:
-            raise ApiError(404, f"unknown style {name!r}", {"available": sorted(entries)})
-        return entries[name]
+        if DEFAULT_STYLE in entries:
+            return DEFAULT_STYLE
+        held = [e.name for e in entries.values() if e.style == DEFAULT_STYLE]
+        return held[0] if held else next(iter(entries), None)
 
     def loaded(self) -> list[str]:
-        """Names of the models loaded so far."""
+        """Names of the model files loaded so far (file stems)."""
         return sorted(self._loaded)
 
     def listing(self) -> list[dict[str, Any]]:
-        """``GET /api/styles`` items: name, style, thumbnail URL (None without a painting),
-        metadata and whether the model is loaded."""
+        """``GET /api/styles`` items: name, style, model file, row and styles in that file,
+        the painting's title, artist, year and caption (``label``), whether it is a demo,
+        thumbnail URL (None without a painting), metadata and whether its model is loaded."""
         loaded = set(self._loaded)
-        return [
-            {
-                "name": e.name,
-                "style": e.meta.get("style", e.name),
-                "thumbnail": f"/api/styles/{quote(e.name)}/thumbnail" if e.painting() else None,
-                "metadata": e.public_meta(),
-                "loaded": e.name in loaded,
-            }
-            for e in self.entries().values()
-        ]
+        return [e.listing(e.model in loaded) for e in self.entries().values()]
 
     def stylizer(self, entry: StyleEntry) -> Stylizer:
-        """The loaded model of ``entry`` (loaded now if needed; thread-safe, loads once)."""
+        """The loaded model of ``entry``'s file (loaded now if needed; thread-safe, loads
+        once; every style of a file shares it)."""
         with self._lock:
-            lock = self._locks.setdefault(entry.name, threading.Lock())
+            lock = self._locks.setdefault(entry.model, threading.Lock())
         with lock:
             key = self._key(entry.path)
-            cached = self._loaded.get(entry.name)
+            cached = self._loaded.get(entry.model)
             if cached is None or cached[0] != key:
                 t0 = time.perf_counter()
                 model = Stylizer(
@@ -141,13 +228,13 @@ class ModelRegistry:
                 )
                 log.info(
                     "loaded %s on %s (%s) in %.1f s",
-                    entry.name,
+                    entry.model,
                     model.device,
                     model.backend,
                     time.perf_counter() - t0,
                 )
-                self._loaded[entry.name] = (key, model)
-            return self._loaded[entry.name][1]
+                self._loaded[entry.model] = (key, model)
+            return self._loaded[entry.model][1]
 
     def thumbnail(self, entry: StyleEntry) -> bytes | None:
         """A JPEG of the painting, at most ``THUMBNAIL_SIZE`` a side (cached)."""

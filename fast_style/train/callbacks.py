@@ -33,10 +33,14 @@ class InterruptCheckpoint(Checkpoint):
             isinstance(exception, KeyboardInterrupt)
             or type(exception).__name__ == "SIGTERMException"
         ):
-            trainer.save_checkpoint(self.path)
+            try:
+                trainer.save_checkpoint(self.path)
+                saved = f"saved {self.path}"
+            except Exception as e:  # the periodic checkpoints on disk are still whole
+                saved = f"could not save {self.path.name} ({type(e).__name__}: {e})"
             if trainer.is_global_zero:
                 print(
-                    f"\ninterrupted at step {trainer.global_step}; saved {self.path}\n"
+                    f"\ninterrupted at step {trainer.global_step}; {saved}\n"
                     f"resume with: python train.py <same overrides> ckpt_path={self.path}",
                     file=sys.stderr,
                 )

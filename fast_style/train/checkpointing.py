@@ -69,7 +69,12 @@ def resolve_resume(ckpt: Path) -> tuple[Path, int]:
     stop a resume; either way the newest valid checkpoint of the folder is taken, with a
     one-line notice. Any other corrupt file is an error (``ModelFileError``)."""
     if not ckpt.is_file():
-        raise FileNotFoundError(f"ckpt_path: no such checkpoint: {ckpt}")
+        newest = newest_valid(ckpt.parent) if ckpt.name == LAST and ckpt.parent.is_dir() else None
+        if newest is None:
+            raise FileNotFoundError(f"ckpt_path: no such checkpoint: {ckpt}")
+        print(f"notice: no {LAST}; resuming from {newest[0].name} (step {newest[1]})",
+              file=sys.stderr)  # fmt: skip
+        return newest
     if ckpt.name != LAST:
         return ckpt, checkpoint_step(ckpt)
     try:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from dataclasses import dataclass, field, fields, replace
+import math
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,10 @@ class ModelConfig:
     name: str = "johnson"
     channels: list[int] = field(default_factory=lambda: [32, 64, 128])
     num_residual: int = 5
+    # One network for all the run's styles (conditional instance norm, Dumoulin et al. 2017:
+    # shared convolutions, per-style γ/β; model=multi, multi_slim) instead of one network per
+    # style. With one style it is the plain single-style network.
+    conditional: bool = False
 
 
 @dataclass
@@ -72,7 +78,18 @@ class RunConfig:
     time_budget_min: float | None = None  # lower max_steps to fit this many minutes of training
     # Fine-tune: start each style's network from <init_dir>/<style name>.safetensors (or .ckpt)
     # instead of random weights (a fresh optimizer and schedule; resuming is ckpt_path's job).
+    # A conditional model (or add_styles) takes one model file instead: a path, a path without
+    # its suffix, a folder holding one model, or a shipped model's name (``multi``).
     init_dir: str | None = None
+    # Add styles to the init_dir model: only the new styles' γ/β rows train, the shared
+    # convolutions and the other styles stay bit-identical. Names as in ``styles``.
+    add_styles: list[Any] = field(default_factory=list)
+    # The new rows start as the mean of the existing styles' rows ("mean") or as the identity
+    # affine γ=1, β=0 ("identity"); docs/quality.md has the measurement behind the default.
+    add_styles_init: str = "mean"
+    # Name of the exported multi-style file (<export_name>.safetensors); None: the init file's
+    # name when adding styles, else "multi". Single-style files are always <style>.safetensors.
+    export_name: str | None = None
 
 
 @dataclass
@@ -87,12 +104,18 @@ class TrainSettings:
     seed: int | None
     ckpt_path: str | None
     # Every style trained in this run: ``[style]`` unless the config's ``styles`` list names
-    # several (they share each batch's loss-network pass over the content images).
+    # several (they share each batch's loss-network pass over the content images), or the
+    # styles of ``train.add_styles`` when adding styles to an existing network.
     styles: list[StyleConfig] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.styles:
             self.styles = [self.style]
+
+    @property
+    def conditional(self) -> bool:
+        """One conditional network for all styles (``model.conditional`` or adding styles)."""
+        return self.model.conditional or bool(self.train.add_styles)
 
     def for_style(self, index: int) -> TrainSettings:
         """These settings as if only style ``index`` had been trained (an exported model's)."""
@@ -120,15 +143,24 @@ def _suggest(key: str, options: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else f" (valid: {', '.join(sorted(options))})"
 
 
-def _section(schema: type, cfg: Any, prefix: str):
+def _check_keys(schema: type, cfg: Any, prefix: str) -> None:
+    """Every key of ``cfg`` is a field of ``schema``, also in nested dataclass sections
+    (``loss.temporal``); else a one-line error with the closest valid key."""
     if not isinstance(cfg, DictConfig | dict):
         raise ConfigError(f"config error: {prefix} must be a mapping, got {cfg!r}")
+    hints = typing.get_type_hints(schema)
     names = [f.name for f in fields(schema)]
     for key in cfg:
         if key not in names:
             raise ConfigError(
                 f"config error: unknown key '{prefix}.{key}'{_suggest(str(key), names)}"
             )
+        if is_dataclass(hints[str(key)]):
+            _check_keys(hints[str(key)], cfg[key], f"{prefix}.{key}")
+
+
+def _section(schema: type, cfg: Any, prefix: str):
+    _check_keys(schema, cfg, prefix)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
         return OmegaConf.to_object(merged)
@@ -161,6 +193,11 @@ def validate(cfg: DictConfig) -> TrainSettings:
                 f"{_suggest(key, allowed)}"
             )
     styles = [load_style(e, f"styles[{i}]") for i, e in enumerate(cfg.get("styles") or [])]
+    added = parts["train"].add_styles
+    if added:
+        if styles:
+            raise ConfigError("config error: give styles=[…] or train.add_styles=[…], not both")
+        styles = [load_style(e, f"train.add_styles[{i}]") for i, e in enumerate(added)]
     if styles:
         parts["style"] = styles[0]
     settings = TrainSettings(
@@ -191,8 +228,13 @@ def load_style(entry: Any, where: str = "style") -> StyleConfig:
     """The one style loader (training's ``styles`` entries, Gatys's ``--style``): an inline
     mapping, a YAML file, a style name from ``conf/style/``, or a painting's image file (with
     the loss weights of ``conf/style/custom.yaml``); validated against ``StyleConfig``.
-    ``where`` names the entry in error messages."""
+    An inline mapping whose ``name`` is a style of ``conf/style/`` overrides that style's
+    YAML (``{name: great_wave, size: 256}``). ``where`` names the entry in error messages."""
     if isinstance(entry, DictConfig | dict):
+        name = str(entry.get("name") or "")
+        named = config_dir() / "style" / f"{name}.yaml"
+        if name and len(Path(name).parts) == 1 and named.is_file():
+            entry = OmegaConf.merge(_yaml(named), entry)
         return _section(StyleConfig, entry, where)
     path = Path(str(entry)).expanduser()
     if path.suffix in (".yaml", ".yml") and path.is_file():
@@ -242,8 +284,41 @@ def _check_values(s: TrainSettings) -> None:
         raise ConfigError(
             f"config error: optim.scheduler must be constant or cosine, not {s.optim.scheduler!r}"
         )
+    _check_add_styles(s)
     if s.train.export_dtype not in ("float32", "float16", "bfloat16"):
         raise ConfigError("config error: train.export_dtype must be float32, float16 or bfloat16")
     for key in ("image_size", "batch_size", "val_size"):
         if getattr(s.data, key) < 1:
             raise ConfigError(f"config error: data.{key} must be positive")
+    _check_temporal(s)
+
+
+def _check_temporal(s: TrainSettings) -> None:
+    """``loss.temporal``: finite, non-negative weight and warp sizes; zoom below 1."""
+    t = s.loss.temporal
+    for key in ("weight", "max_shift", "max_rotation", "max_zoom", "flow_std", "noise_std"):
+        value = getattr(t, key)
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"config error: loss.temporal.{key} must be >= 0, got {value}")
+    if t.max_zoom >= 1:
+        raise ConfigError(f"config error: loss.temporal.max_zoom must be < 1, got {t.max_zoom}")
+    if t.flow_grid < 1:
+        raise ConfigError(f"config error: loss.temporal.flow_grid must be >= 1, got {t.flow_grid}")
+
+
+def _check_add_styles(s: TrainSettings) -> None:
+    t = s.train
+    if t.add_styles_init not in ("mean", "identity"):
+        raise ConfigError(
+            "config error: train.add_styles_init must be mean or identity, "
+            f"not {t.add_styles_init!r}"
+        )
+    if not t.add_styles:
+        return
+    if not t.init_dir:
+        raise ConfigError(
+            "config error: train.add_styles needs train.init_dir=<the model to add them to>"
+        )
+    if s.optim.weight_decay != 0:
+        # Adam's L2 term would move the frozen rows, which must stay bit-identical.
+        raise ConfigError("config error: train.add_styles needs optim.weight_decay=0")

@@ -2,7 +2,9 @@
 
 Everything a run writes goes under its run directory (Hydra's ``hydra.run.dir``):
 ``checkpoints/last.ckpt`` and periodic ``checkpoints/step_NNNNNN.ckpt``, TensorBoard events in
-``tensorboard/``, the composed config in ``.hydra/``, and ``<style>.safetensors`` at the end.
+``tensorboard/``, the composed config in ``.hydra/``, and at the end ``<style>.safetensors``
+(one per style), or for a conditional network one ``<export name>.safetensors`` holding every
+style (``multi_export_name``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from fast_style.train.checkpointing import (
 )
 from fast_style.train.config import ConfigError, TrainSettings
 from fast_style.train.data import StyleDataModule
+from fast_style.train.multi import network_style_names, resolve_init_file, with_base_model
 from fast_style.train.system import StyleTransferSystem
 
 log = logging.getLogger("fast_style.train")
@@ -66,27 +69,39 @@ def _resume_checkpoint(settings: TrainSettings) -> str | None:
 
 def _describe_net(meta: dict[str, Any]) -> str:
     chans = "/".join(str(c) for c in meta.get("channels", []))
-    return f"model={meta.get('width') or '?'} (channels {chans}, {meta.get('num_residual')} blocks)"
+    n = int(meta.get("num_styles", 1))
+    styles = f", one network of {n} styles" if n > 1 else ""
+    return (
+        f"model={meta.get('width') or '?'} (channels {chans}, {meta.get('num_residual')} blocks"
+        f"{styles})"
+    )
 
 
 def check_resume_matches(ckpt: dict[str, Any], settings: TrainSettings, path: Path) -> None:
     """The checkpoint's networks and styles must be this run's; else a ``ConfigError`` that
-    says which setting to pass (instead of Lightning's "size mismatch" for every tensor)."""
+    says which setting to pass (instead of Lightning's "size mismatch" for every tensor).
+    Compared: widths, residual blocks, the number of styles of one network (1 for separate
+    networks) and the style names in order (a conditional network's γ/β rows)."""
     meta = ckpt["fast_style"]
     m = settings.model
-    if list(meta.get("channels", [])) != list(m.channels) or meta.get("num_residual") != int(
-        m.num_residual
+    wanted = network_style_names(settings)
+    num_styles = len(wanted) if settings.conditional else 1
+    ours_meta = {"width": m.name, "channels": m.channels, "num_residual": m.num_residual}
+    if (
+        list(meta.get("channels", [])) != list(m.channels)
+        or meta.get("num_residual") != int(m.num_residual)
+        or int(meta.get("num_styles", 1)) != num_styles
     ):
         theirs = _describe_net(meta)
-        ours = _describe_net(
-            {"width": m.name, "channels": m.channels, "num_residual": m.num_residual}
-        )
+        ours = _describe_net({**ours_meta, "num_styles": num_styles})
         raise ConfigError(
             f"ckpt_path: {path} holds {theirs} but this run has {ours}; "
-            f"resume with model={meta.get('width') or '<its model>'}"
+            f"resume with model={meta.get('width') or '<its model>'} and its styles"
         )
-    saved = [s.get("style") for s in ckpt.get("fast_style_styles") or [meta]]
-    wanted = [s.name for s in settings.styles]
+    if meta.get("styles"):
+        saved = [s.get("name") for s in meta["styles"]]
+    else:
+        saved = [s.get("style") for s in ckpt.get("fast_style_styles") or [meta]]
     if saved != wanted:
         raise ConfigError(
             f"ckpt_path: {path} was trained on styles {saved}, this run configures {wanted}; "
@@ -97,6 +112,7 @@ def check_resume_matches(ckpt: dict[str, Any], settings: TrainSettings, path: Pa
 def train(settings: TrainSettings, run_dir: Path) -> Path | None:
     """Fit, then export ``<style>.safetensors`` (one per style) into ``run_dir``; returns the
     first one's path (rank 0)."""
+    settings = with_base_model(settings)  # adding styles: the network of train.init_dir
     ckpt = _resume_checkpoint(settings)
     if settings.seed is not None:
         pl.seed_everything(settings.seed, workers=True)
@@ -139,12 +155,31 @@ def train(settings: TrainSettings, run_dir: Path) -> Path | None:
     trainer.fit(system, datamodule=data, ckpt_path=ckpt, **_safe_resume_kwargs())
     if not trainer.is_global_zero:
         return None
+    return export(system, settings, run_dir)[0]
+
+
+def multi_export_name(settings: TrainSettings) -> str:
+    """A conditional network's file name (no suffix): ``train.export_name``, else the init
+    file's when adding styles to it, else ``multi``."""
+    if settings.train.export_name:
+        return settings.train.export_name
+    if settings.train.add_styles and settings.train.init_dir:
+        return resolve_init_file(settings.train.init_dir).stem
+    return "multi"
+
+
+def export(system: StyleTransferSystem, settings: TrainSettings, run_dir: Path) -> list[Path]:
+    """Write the inference models into ``run_dir``: ``<style>.safetensors`` for each separate
+    network, or one ``<multi_export_name>.safetensors`` for a conditional one."""
+    names = (
+        [multi_export_name(settings)] if settings.conditional else [s.name for s in settings.styles]
+    )
     outs = []
-    for k, style in enumerate(settings.styles):
-        out = run_dir / f"{style.name}.safetensors"
+    for k, name in enumerate(names):
+        out = run_dir / f"{name}.safetensors"
         net = system.nets[k]
         save_safetensors(net, out, system.metadata(k), dtype=settings.train.export_dtype)
-        log.info("exported %s (step %d)", out, trainer.global_step)
+        log.info("exported %s (step %d)", out, system.global_step)
         print(f"saved {out}")
         outs.append(out)
-    return outs[0]
+    return outs

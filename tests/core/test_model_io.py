@@ -190,3 +190,137 @@ def test_expected_shapes_need_no_memory():
 
     shapes = expected_shapes(TransformerConfig((1024, 1024, 1024), 64))  # 1.2 G parameters
     assert shapes["residuals.res64.conv2.conv.weight"] == (1024, 1024, 3, 3)
+
+
+# --- multi-style files (conditional instance norm) -----------------------------------------
+
+
+def _entry(name: str, **training) -> dict:
+    return {
+        "name": name,
+        "painting": {"title": name.title(), "artist": "A. Painter", "year": "1900", "file": "x"},
+        "image": f"{name}.jpg",
+        "size": 256,
+        "loss": {"content_weight": 1.0, "style_weight": 2.0, "tv_weight": 5.0},
+        "training": {"steps": 3, "mode": "joint", **training},
+    }
+
+
+def _multi(names=("wave", "stars"), seed: int = 0) -> TransformerNet:
+    torch.manual_seed(seed)
+    net = TransformerNet((8, 16, 16), num_residual=1, num_styles=len(names)).eval()
+    with torch.no_grad():  # distinct γ/β per style
+        for name, p in net.named_parameters():
+            if ".norm." in name:
+                p.uniform_(0.5, 1.5) if name.endswith("weight") else p.uniform_(-0.3, 0.3)
+    return net
+
+
+@pytest.fixture
+def multi_file(tmp_path):
+    net = _multi()
+    meta = describe(net, "ignored", width="multi_tiny", styles=[_entry("wave"), _entry("stars")])
+    return net, save_safetensors(net, tmp_path / "duo.safetensors", meta)
+
+
+def _one_hot(i: int, n: int) -> torch.Tensor:
+    return torch.nn.functional.one_hot(torch.tensor([i]), n).float()
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_multi_style_file_round_trips_weights_and_per_style_metadata(multi_file, tmp_path, suffix):
+    from fast_style.core.model_io import read_metadata, style_entry, style_index, style_names
+
+    net, path = multi_file
+    if suffix == ".ckpt":
+        _, meta = load_model(path)
+        path = tmp_path / "duo.ckpt"
+        state = {f"net.{k}": v for k, v in net.state_dict().items()}
+        torch.save({"state_dict": state, "fast_style": meta, "global_step": 3}, path)
+    loaded, meta = load_model(path)
+    assert loaded.num_styles == 2 and meta["num_styles"] == 2 and meta["style"] == "wave"
+    assert style_names(meta) == ["wave", "stars"] == style_names(read_metadata(path))
+    assert style_entry(meta, "stars") == _entry("stars") and style_entry(meta) == _entry("wave")
+    assert style_index(meta, "stars") == 1 and style_index(meta, None) == 0
+    with pytest.raises(ModelFileError, match="no style 'moon' in this model; it has: wave, stars"):
+        style_index(meta, "moon")
+    x = torch.rand(1, 3, 20, 24)
+    with torch.no_grad():
+        for i in range(2):
+            torch.testing.assert_close(loaded(x, _one_hot(i, 2)), net(x, _one_hot(i, 2)))
+        torch.testing.assert_close(loaded(x), net(x, _one_hot(0, 2)))  # no style: the first
+        assert (loaded(x, _one_hot(0, 2)) - loaded(x, _one_hot(1, 2))).abs().max() > 1e-3
+
+
+def test_single_style_files_have_one_style_entry(saved):
+    from fast_style.core.model_io import read_metadata, style_entry, style_names
+
+    _, path = saved
+    meta = read_metadata(path)
+    assert style_names(meta) == ["mine"] and style_entry(meta)["name"] == "mine"
+    assert style_entry(meta)["training"]["mode"] == "single"
+
+
+def test_describe_needs_one_entry_per_style():
+    with pytest.raises(ValueError, match="2 styles needs as many entries"):
+        describe(_multi(), "x", styles=[_entry("only")])
+
+
+@pytest.mark.parametrize(
+    ("claims", "message"),
+    [
+        ({"num_styles": 10**6}, "num_styles must be in 1..256"),
+        ({"num_styles": 3}, "3 styles but 2 style entries"),
+        ({"styles": [_entry("a"), _entry("a")]}, "style names repeat"),
+        ({"styles": [_entry("a"), {"name": 7}]}, "bad style name"),
+        ({"styles": None}, "2 styles but no style entries"),
+    ],
+)
+def test_multi_style_claims_are_checked_before_building(multi_file, tmp_path, claims, message):
+    from safetensors.torch import save_file
+
+    net, _ = multi_file
+    meta = {**describe(net, "x", styles=[_entry("a"), _entry("b")]), **claims, "dtype": "float32"}
+    p = tmp_path / "liar.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(p),
+              metadata={"fast_style": json.dumps(meta)})  # fmt: skip
+    with pytest.raises(ModelFileError, match=message) as err:
+        load_model(p)
+    assert "\n" not in str(err.value) and str(p) in str(err.value)
+
+
+def test_find_style_prefers_a_single_file_then_the_multi_file_holding_the_style(
+    multi_file, tmp_path
+):
+    from fast_style.core.model_io import find_style
+
+    _, duo = multi_file
+    assert find_style("stars", [tmp_path]) == (duo, "stars")
+    assert find_style("duo", [tmp_path]) == (duo, None)
+    assert find_style(str(duo), []) == (duo, None)
+    single = save_safetensors(
+        TransformerNet((8, 16, 16), 1), tmp_path / "stars.safetensors",
+        describe(TransformerNet((8, 16, 16), 1), "stars"),
+    )  # fmt: skip
+    assert find_style("stars", [tmp_path]) == (single, None)  # a single file of that name wins
+    (tmp_path / "junk.safetensors").write_bytes(b"not a model")  # skipped by the lookup
+    with pytest.raises(ModelFileError, match=r"no model or style named 'moon'; available: ") as e:
+        find_style("moon", [tmp_path])
+    assert "duo (wave, stars)" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ModelFileError, match="no such model file"):
+        find_style(str(tmp_path / "nope.safetensors"), [tmp_path])
+
+
+def test_size_of_an_eight_style_file(tmp_path):
+    """The issue's size target: eight styles in one file < 1.25x one single-style file. Each
+    style adds 2 x (channels of every norm) numbers: 3,200 at full width, 1,600 at half."""
+    for channels, extra in (((32, 64, 128), 3200), ((16, 32, 64), 1600)):
+        one, eight = TransformerNet(channels), TransformerNet(channels, num_styles=8)
+        n1, n8 = (sum(p.numel() for p in n.parameters()) for n in (one, eight))
+        assert n8 - n1 == 7 * extra
+        a = save_safetensors(one, tmp_path / "one.safetensors", describe(one, "x"), "float16")
+        entries = [_entry(f"style_{i}") for i in range(8)]
+        b = save_safetensors(
+            eight, tmp_path / "eight.safetensors", describe(eight, "x", styles=entries), "float16"
+        )
+        assert b.stat().st_size < 1.05 * a.stat().st_size  # 1.015x (full), 1.03x (half)

@@ -278,7 +278,8 @@ def test_the_c_side_refuses_bad_arguments_with_an_error_code():
         lib.fs_norm_stats(p(good), 1, -6, 6, *[ones.data_ptr()] * 2, 1e-5, *[out.data_ptr()] * 2, 1)
         == 1
     )
-    args = (ones.data_ptr(), ones.data_ptr(), 0, 1)  # scale, shift, stride, relu
+    # scale, shift, stride, mask, mask scale, mask shift, relu
+    args = (ones.data_ptr(), ones.data_ptr(), 0, None, None, None, 1)
     assert lib.fs_norm_apply(p(good), None, 1, 6, 6, *args, 6, 0, out.data_ptr(), 1) == 1  # pad
     assert lib.fs_norm_apply(p(good), None, 1, 6, 6, *args, 1, 0, out.data_ptr(), 0) == 1  # threads
     assert (
@@ -286,6 +287,8 @@ def test_the_c_side_refuses_bad_arguments_with_an_error_code():
     )  # relu + skip
     assert lib.fs_rowsplit_tail(None, 1, 10, 10, 27, 3, 9, 5, 10, None, 1) == 1
     assert lib.fs_rowsplit_tail(t.data_ptr(), 1, 6, 6, 8, 3, 9, 1, 1, out.data_ptr(), 1) == 1
+    masked = (ones.data_ptr(), ones.data_ptr(), 0, ones.data_ptr(), None, None, 1)
+    assert lib.fs_norm_apply(p(good), None, 1, 6, 6, *masked, 1, 0, out.data_ptr(), 1) == 1  # mask
     assert lib.fs_norm_apply(p(good), None, 1, 6, 6, *args, 1, 0, out.data_ptr(), 1) == 0  # fine
 
 
@@ -296,11 +299,12 @@ def test_an_abi_mismatch_is_reported(monkeypatch):
     monkeypatch.setattr(
         fused_cpu, "build_library", lambda force=False: builds.append(force) or path
     )
-    monkeypatch.setattr(fused_cpu, "ABI_VERSION", 999)
     monkeypatch.setattr(fused_cpu, "_LIB", None)
     monkeypatch.setattr(fused_cpu, "_LIB_ERROR", None)
+    found = fused_cpu.ABI_VERSION
+    monkeypatch.setattr(fused_cpu, "ABI_VERSION", 999)
     with pytest.raises(
-        fused_cpu.AbiMismatchError, match="ABI version 2, this fast_style expects 999"
+        fused_cpu.AbiMismatchError, match=f"ABI version {found}, this fast_style expects 999"
     ):
         fused_cpu.load_library()
     assert builds == [False, True]  # the cached build, then one forced rebuild

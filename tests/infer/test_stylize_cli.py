@@ -1,20 +1,34 @@
-"""The stylize CLI: inputs (files, folders, globs), outputs, odd images, errors, progress."""
+"""The stylize CLI: inputs (files, folders, globs), outputs, odd images, errors, progress, and
+the styles of multi-style models (``--style``, ``--style-mask``, names, ``--list-models``)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from fast_style.infer import stylizer
+from fast_style.core.imaging import pil_to_tensor, tensor_to_pil
+from fast_style.core.model_io import describe, load_model, save_safetensors
+from fast_style.core.network import ConditionalInstanceNorm, TransformerNet
+from fast_style.infer import cli, stylizer
 from fast_style.infer.cli import main
+from fast_style.infer.stylizer import Stylizer
 from tests._imaging_helpers import huge_png
-from tests._stylize_helpers import exif_rotated_jpeg, odd_images, photo, save_tiny, save_tiny_ckpt
+from tests._stylize_helpers import (
+    TINY,
+    exif_rotated_jpeg,
+    odd_images,
+    photo,
+    save_tiny,
+    save_tiny_ckpt,
+)
 from tests.conftest import REPO
 
 
@@ -520,3 +534,263 @@ def test_cli_as_a_subprocess(model, tmp_path):
     )
     assert bad.returncode == 2
     assert bad.stderr.strip() == f"error: {tmp_path / 'none.ckpt'}: no such model file"
+
+
+# --- multi-style models: --style, --style-mask, names, --list-models ---------------------------
+
+# Not the shipped styles' names: a bare name must not find a shipped single-style model.
+STYLES = ("sunrise", "waves", "embers")
+
+
+def save_multi(path: Path, names: Sequence[str] = STYLES, seed: int = 3) -> Path:
+    """A tiny conditional network of ``len(names)`` styles whose γ/β rows differ a lot (each
+    style visibly its own), saved with one metadata entry per style."""
+    torch.manual_seed(seed)
+    net = TransformerNet(TINY, num_residual=1, num_styles=len(names)).eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, ConditionalInstanceNorm):
+                m.weight.uniform_(0.3, 2.0)
+                m.bias.uniform_(-0.6, 0.6)
+    entries = [
+        {"name": n, "painting": {"title": n.title(), "artist": "A", "year": 1}} for n in names
+    ]
+    return save_safetensors(net, path, describe(net, names[0], width="tiny", styles=entries))
+
+
+@pytest.fixture(scope="module")
+def multi(tmp_path_factory) -> Path:
+    return save_multi(tmp_path_factory.mktemp("multi") / "multi.safetensors")
+
+
+def _reference(path: Path, img: Image.Image, style: torch.Tensor | None) -> np.ndarray:
+    """What the plain network computes for ``style`` ((S,) weights or a (S, H, W) map)."""
+    net, _ = load_model(path)
+    x = pil_to_tensor(img).unsqueeze(0)
+    with torch.no_grad():
+        y = net(x, None if style is None else style.unsqueeze(0))
+    return np.asarray(tensor_to_pil(y[0]).convert("RGB"), dtype=np.float32)
+
+
+def _close(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).mean())
+
+
+def test_list_models_has_a_row_per_style_of_a_multi_file(model, multi, capsys):
+    assert (
+        main(
+            ["--list-models", "--models-dir", str(model.parent), "--models-dir", str(multi.parent)]
+        )
+        == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines[1:]]
+    got = [(r[0], r[1], r[-1]) for r in rows if r[0] in ("multi", "tiny")]
+    assert got == [("tiny", "tiny", str(model))] + [("multi", s, str(multi)) for s in STYLES]
+
+
+@pytest.mark.parametrize(
+    ("argv", "style"),
+    [
+        (["--model", "{multi}", "--style", "waves"], "waves"),
+        (["--model", "waves", "--models-dir", "{dir}"], "waves"),  # a style's name
+        (["--model", "waves", "--models-dir", "{dir}", "--style", "embers"], "embers"),
+        (["--model", "multi", "--models-dir", "{dir}"], "sunrise"),  # the first style
+    ],
+    ids=["file-and-style", "style-name", "style-overrides-the-name", "first-style"],
+)
+def test_a_style_of_a_multi_file_is_that_one_hot_row(multi, tmp_path, capsys, argv, style):
+    src, out = tmp_path / "in.png", tmp_path / "out.png"
+    photo(40, 28).save(src)
+    subst = {"{multi}": str(multi), "{dir}": str(multi.parent)}
+    argv = [subst.get(a, a) for a in argv]
+    assert run(*argv, "--input", str(src), "--output", str(out)) == 0
+    weights = torch.nn.functional.one_hot(torch.tensor(STYLES.index(style)), 3).float()
+    ref = _reference(multi, Image.open(src), weights)
+    assert _close(_rgb(out), ref) < 0.5
+    others = [_reference(multi, Image.open(src), torch.eye(3)[i]) for i in range(3)]
+    assert min(_close(ref, o) for o in others if not np.array_equal(o, ref)) > 5  # styles differ
+    assert f"with '{style}' of multi.safetensors" in capsys.readouterr().out
+
+
+def test_a_single_model_of_that_name_wins_over_a_style_of_a_multi_file(multi, tmp_path):
+    d = tmp_path / "models"
+    d.mkdir()
+    (d / "multi.safetensors").write_bytes(multi.read_bytes())
+    save_tiny(d / "waves.safetensors", style="waves")
+    src = tmp_path / "in.png"
+    photo(24, 24).save(src)
+    argv = ["--models-dir", str(d), "--input", str(src)]
+    assert run("--model", "waves", *argv, "--output", str(tmp_path / "a.png")) == 0
+    assert (
+        run("--model", str(d / "waves.safetensors"), *argv, "--output", str(tmp_path / "b.png"))
+        == 0
+    )
+    assert np.array_equal(_rgb(tmp_path / "a.png"), _rgb(tmp_path / "b.png"))
+
+
+def test_a_mix_is_one_forward_pass_with_normalised_weights(multi, tmp_path):
+    src, out = tmp_path / "in.png", tmp_path / "mix.png"
+    photo(48, 32, seed=2).save(src)
+    spec = "sunrise=7, waves=3"  # normalised: 0.7, 0.3
+    assert (
+        run("--model", str(multi), "--style", spec, "--input", str(src), "--output", str(out)) == 0
+    )
+    ref = _reference(multi, Image.open(src), torch.tensor([0.7, 0.3, 0.0]))
+    assert _close(_rgb(out), ref) < 0.5
+    # γ/β are mixed, not the images: the mix is none of the pure styles nor their average.
+    pure = [_reference(multi, Image.open(src), torch.eye(3)[i]) for i in range(2)]
+    assert _close(_rgb(out), pure[0]) > 1 and _close(_rgb(out), pure[1]) > 1
+
+
+def test_a_style_mask_paints_the_first_style_on_white_and_the_second_on_black(multi, tmp_path):
+    src, out = tmp_path / "in.png", tmp_path / "out.png"
+    img = photo(96, 64, seed=4)
+    img.save(src)
+    mask = Image.new("L", (48, 32), 0)  # half the resolution, the same aspect ratio
+    mask.paste(255, (0, 0, 24, 32))  # left half white: embers; right half black: waves
+    mask.save(tmp_path / "halves.png")
+    argv = ["--model", str(multi), "--style", "embers,waves"]
+    argv += [
+        "--style-mask",
+        str(tmp_path / "halves.png"),
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+    ]
+    assert run(*argv) == 0
+    got = _rgb(out)
+    # Exactly the engine's painting (the CLI only parses and passes it on) …
+    engine = Stylizer(multi, device="cpu", backend="eager")
+    rows = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    ref = engine.stylize_image(img, style=rows, style_mask=mask)
+    assert _close(got, np.asarray(ref, dtype=np.float32)) < 0.5
+    # … which is each style on its side, away from the soft edge.
+    scream = _reference(multi, img, torch.eye(3)[2])
+    wave = _reference(multi, img, torch.eye(3)[1])
+    left, right = np.s_[:, 4:36], np.s_[:, 60:92]
+    # (Closer, not equal: instance norm's statistics are the whole image's, both styles'.)
+    assert _close(got[left], scream[left]) < _close(got[left], wave[left])
+    assert _close(got[right], wave[right]) < _close(got[right], scream[right])
+
+
+def test_both_masks_apply_and_each_must_fit(multi, tmp_path, capsys):
+    d = tmp_path / "d"
+    d.mkdir()
+    photo(60, 40).save(d / "wide.png")
+    photo(40, 60).save(d / "tall.png")
+    Image.new("L", (15, 10), 255).save(tmp_path / "style.png")  # 3:2 like wide.png only
+    Image.new("L", (30, 20), 0).save(tmp_path / "photo.png")  # black: the photo everywhere
+    argv = ["--model", str(multi), "--style", "waves,embers", "--input", str(d)]
+    argv += ["--style-mask", str(tmp_path / "style.png"), "--mask", str(tmp_path / "photo.png")]
+    with pytest.raises(SystemExit) as e:
+        run(*argv, "--output", str(tmp_path / "out"))
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"error: {d / 'tall.png'}: --mask {tmp_path / 'photo.png'}: mask is 30x20 but the image "
+        "is 40x60: aspect ratios differ"
+    ]
+    # The photo mask is all black: the result is the photo, whatever the styles.
+    assert np.array_equal(_rgb(tmp_path / "out" / "wide.png"), _rgb(d / "wide.png"))
+    (d / "wide.png").unlink()
+    argv[argv.index("--mask") : argv.index("--mask") + 2] = []
+    with pytest.raises(SystemExit):
+        run(*argv, "--output", str(tmp_path / "out2"))
+    assert capsys.readouterr().err.strip() == (
+        f"error: {d / 'tall.png'}: --style-mask {tmp_path / 'style.png'}: mask is 15x10 but the "
+        "image is 40x60: aspect ratios differ"
+    )
+
+
+def test_a_single_style_model_takes_its_own_style_only(model, tmp_path):
+    src = tmp_path / "in.png"
+    photo(20, 20).save(src)
+    assert run("--model", str(model), "--input", str(src), "--output", str(tmp_path / "a.png")) == 0
+    argv = ["--model", str(model), "--style", "tiny", "--input", str(src)]
+    assert run(*argv, "--output", str(tmp_path / "b.png")) == 0
+    assert np.array_equal(_rgb(tmp_path / "a.png"), _rgb(tmp_path / "b.png"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["--model", "{tiny}", "--style", "waves"],
+            "error: --style waves: tiny.safetensors holds one style, 'tiny' (multi-style "
+            "models: --list-models)",
+        ),
+        (
+            ["--model", "{tiny}", "--style", "tiny,waves", "--style-mask", "{mask}"],
+            "error: --style-mask needs a multi-style model: tiny.safetensors holds one style, "
+            "'tiny'",
+        ),
+        (
+            ["--model", "{multi}", "--style", "sunrice=0.5,waves=0.5"],
+            "error: --style sunrice=0.5,waves=0.5: unknown style 'sunrice' (did you "
+            "mean 'sunrise'?); available: sunrise, waves, embers",
+        ),
+        (
+            ["--model", "{multi}", "--style", "sunrise=x"],
+            "error: --style sunrise=x: sunrise=x: 'x' is not a number",
+        ),
+        (
+            ["--model", "{multi}", "--style", "sunrise,waves"],
+            "error: --style sunrise,waves: 2 styles without weights: mix them "
+            "(sunrise=0.5,waves=0.5) or paint the two with a style mask (--style-mask "
+            "FILE)",
+        ),
+        (
+            ["--model", "{multi}", "--style-mask", "{mask}"],
+            "error: --style-mask paints two styles: give them with --style A,B (white: A, black: "
+            "B); multi.safetensors has sunrise, waves, embers",
+        ),
+        (
+            ["--model", "{multi}", "--style", "waves", "--style-mask", "{mask}"],
+            "error: --style waves: a style mask paints two styles: give two names without "
+            "weights, e.g. waves,sunrise (white: the first, black: the second)",
+        ),
+        (
+            ["--model", "{multi}", "--style", "waves,embers", "--style-mask", "{none}"],
+            "error: {none}: no such file",
+        ),
+        (
+            ["--model", "mosaic", "--models-dir", "{dir}"],
+            # model_io.find_style's line (its format is model_io's), then the shipped models
+            "error: no model or style named 'mosaic'; available: multi…",
+        ),
+    ],
+    ids=["single-other-style", "single-style-mask", "unknown-name", "bad-weight", "two-no-mask",
+         "mask-no-style", "mask-one-style", "missing-mask", "unknown-model"],
+)  # fmt: skip
+def test_style_usage_errors_are_one_line_before_the_model_loads(
+    model, multi, tmp_path, capsys, monkeypatch, argv, expected
+):
+    d = tmp_path / "models"
+    d.mkdir()
+    (d / "multi.safetensors").write_bytes(multi.read_bytes())
+    (d / "tiny.safetensors").write_bytes(model.read_bytes())
+    Image.new("L", (20, 20), 255).save(tmp_path / "mask.png")
+    src = tmp_path / "in.png"
+    photo(20, 20).save(src)
+
+    def no_model(*_a, **_kw):
+        raise AssertionError("the model was loaded before the style spec was checked")
+
+    monkeypatch.setattr(cli, "Stylizer", no_model)
+    subst = {
+        "{tiny}": str(d / "tiny.safetensors"),
+        "{multi}": str(d / "multi.safetensors"),
+        "{mask}": str(tmp_path / "mask.png"),
+        "{none}": str(tmp_path / "none.png"),
+        "{dir}": str(d),
+    }
+    argv = [subst.get(a, a) for a in argv]
+    with pytest.raises(SystemExit) as e:
+        run(*argv, "--input", str(src), "--output", str(tmp_path / "out.png"))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    want = expected.format(none=subst["{none}"])
+    assert err.startswith(want[:-1]) if want.endswith("…") else err == want, err
+    assert not (tmp_path / "out.png").exists()

@@ -104,6 +104,16 @@ def test_resume_takes_the_newest_valid_checkpoint_when_last_is_corrupt(tmp_path,
     assert len(notice.splitlines()) == 1
 
 
+def test_resume_of_a_missing_last_takes_the_newest_periodic_checkpoint(tmp_path, capsys):
+    AtomicCheckpointIO().save_checkpoint(_ckpt(4), tmp_path / "step_000004.ckpt")
+    assert resolve_resume(tmp_path / "last.ckpt") == (tmp_path / "step_000004.ckpt", 4)
+    assert capsys.readouterr().err.strip() == (
+        "notice: no last.ckpt; resuming from step_000004.ckpt (step 4)"
+    )
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        resolve_resume(tmp_path / "empty" / "last.ckpt")
+
+
 def test_resume_of_last_prefers_a_newer_periodic_checkpoint(tmp_path, capsys):
     io = AtomicCheckpointIO()
     io.save_checkpoint(_ckpt(6), tmp_path / "last.ckpt")

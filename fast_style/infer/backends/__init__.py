@@ -6,6 +6,10 @@
 * ``fused``: PyTorch's convolutions plus fused C kernels for the layers between them (``fused``);
 * ``auto``: on CPU ``fused`` when a C compiler can build it, else ``onnxruntime`` when it is
   installed, else ``eager`` (the fastest first, docs/benchmarks.md); on GPUs ``eager``.
+
+Every backend takes a multi-style model's style weights; painted two-style masks run in every
+backend but ONNX Runtime, whose export has no per-pixel input (``Stylizer`` runs those in
+PyTorch; ``fast_style.infer.stylizer``).
 """
 
 BACKENDS = ("auto", "eager", "compile", "onnxruntime", "fused")

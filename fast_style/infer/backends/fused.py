@@ -25,6 +25,18 @@ that the loader checks (a stale build is rebuilt once). Without a working compil
 is unavailable and ``Stylizer``'s ``auto`` falls back to ONNX Runtime. ``FAST_STYLE_NO_FUSED=1``
 switches it off.
 
+Styles (multi-style networks, conditional instance norm): ``FusedRunner(x, style=...)`` with
+(B, S) weights folds each image's γ/β into the statistics kernel's output (one shared row: the
+one-style kernels exactly; per-image rows: a (B, C) fold in Python), so a selected style or a
+mix costs what one style does. A painted two-style mask (``PaintedStyle``, or a (B, S, H, W)
+map that reduces to one) runs in the same single apply pass: the kernel takes the mask (at each
+layer's resolution: full, 1/2, 1/4, average-pooled as ``style_affine`` pools a map) and a
+second per-channel scale/shift, the change from mask 0 to mask 1, and applies
+``x · (k + m · dk) + (t + m · dt)`` per pixel, i.e. γ_B + m(γ_A − γ_B) and β_B + m(β_A − β_B)
+after the normalisation. A map with three or more styles in use (or whose weights do not sum
+to the same total everywhere) has no such form: it runs in PyTorch (``DeployNet``, exact,
+slower), with a ``RuntimeWarning`` once per runner.
+
 Safety: every kernel call goes through a wrapper (``norm_stats``, ``norm_apply``,
 ``rowsplit_tail``) that checks dtypes, layouts, sizes, pads and buffer shapes in Python and
 raises ``ValueError``; the C side re-checks its arguments and allocations and returns an error
@@ -45,17 +57,19 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fast_style.core.imaging import pad_to_multiple
+from fast_style.core.imaging import crop_to, pad_to_multiple
 from fast_style.core.network import (
     MIN_SIZE,
     SIZE_MULTIPLE,
+    ConditionalInstanceNorm,
     ConvNormAct,
     Stage,
     TransformerNet,
@@ -64,7 +78,8 @@ from fast_style.core.network import (
     norm_params,
 )
 from fast_style.infer.allocator import tune_malloc
-from fast_style.infer.deploy import DeployNet, RowSplitConv, SubPixelConvLayer
+from fast_style.infer.deploy import DeployNet, PaintedStyle, RowSplitConv, SubPixelConvLayer
+from fast_style.infer.tiling import StatsHook
 
 __all__ = [
     "ABI_VERSION",
@@ -86,7 +101,9 @@ __all__ = [
 ]
 
 SOURCE = Path(__file__).with_name("csrc") / "fused_glue.c"
-ABI_VERSION = 2  # fused_glue.c's FS_ABI_VERSION; the loader refuses a library reporting another
+# fused_glue.c's FS_ABI_VERSION; the loader refuses a library reporting another. 3: the
+# painted-mask arguments of fs_norm_apply.
+ABI_VERSION = 3
 CFLAGS = (
     "-O3",
     "-march=native",
@@ -261,7 +278,9 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     i64, ptr, src = ctypes.c_int64, ctypes.c_void_p, ctypes.POINTER(_Src)
     i32, f32 = ctypes.c_int, ctypes.c_float
     lib.fs_norm_stats.argtypes = [src, i64, i64, i64, ptr, ptr, f32, ptr, ptr, i32]
-    lib.fs_norm_apply.argtypes = [src, src, i64, i64, i64, ptr, ptr, i64, i32, i64, i32, ptr, i32]
+    lib.fs_norm_apply.argtypes = [
+        src, src, i64, i64, i64, ptr, ptr, i64, ptr, ptr, ptr, i32, i64, i32, ptr, i32
+    ]  # fmt: skip
     lib.fs_rowsplit_tail.argtypes = [ptr, i64, i64, i64, i64, i64, i64, i64, i64, ptr, i32]
     for fn in (lib.fs_norm_stats, lib.fs_norm_apply, lib.fs_rowsplit_tail):
         fn.restype = i32  # FS_OK (0) or an FS_E* code
@@ -464,6 +483,27 @@ def _check_affine(scale: torch.Tensor, shift: torch.Tensor, b: int, c: int) -> i
     return c if scale.dim() == 2 else 0
 
 
+def _check_mask(
+    mask: torch.Tensor | None,
+    mask_scale: torch.Tensor | None,
+    mask_shift: torch.Tensor | None,
+    scale: torch.Tensor,
+    size: tuple[int, int, int, int],
+) -> None:
+    """A painted mask (B, H, W) of the output's interior, and its scale/shift changes shaped
+    as ``scale``; all three or none."""
+    if mask is None and mask_scale is None and mask_shift is None:
+        return
+    if mask is None or mask_scale is None or mask_shift is None:
+        raise ValueError("mask, mask_scale and mask_shift come together")
+    b, c, h, w = size
+    m = _check_f32(mask, "mask", 3)
+    if tuple(m.shape) != (b, h, w) or not m.is_contiguous():
+        raise ValueError(f"mask must be a contiguous ({b}, {h}, {w}) tensor, got {tuple(m.shape)}")
+    if _check_affine(mask_scale, mask_shift, b, c) != (c if scale.dim() == 2 else 0):
+        raise ValueError(f"mask_scale/mask_shift must be shaped as scale {tuple(scale.shape)}")
+
+
 def norm_apply(
     src: Source,
     scale: torch.Tensor,
@@ -474,12 +514,20 @@ def norm_apply(
     replicate: bool = False,
     skip: Source | None = None,
     threads: int = 1,
+    mask: torch.Tensor | None = None,
+    mask_scale: torch.Tensor | None = None,
+    mask_shift: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``src * scale + shift`` (+ ``skip``) → ReLU if ``relu`` → padded by ``pad`` (reflect, or
     replicate): (B, C, H + 2 pad, W + 2 pad), a channels_last view. ``scale``/``shift``: (B, C)
-    or (C,). A skip (same size as ``src``, not sub-pixel) excludes ``relu``."""
+    or (C,). A skip (same size as ``src``, not sub-pixel) excludes ``relu``.
+
+    A painted two-style mask: ``mask`` (B, H, W), one value m per pixel of ``src`` (0 and 1
+    select, between interpolates), and ``mask_scale``/``mask_shift`` shaped as ``scale``: the
+    map at a pixel is ``scale + m · mask_scale``, ``shift + m · mask_shift``."""
     b, c, h, w = src.size
     stride = _check_affine(scale, shift, b, c)
+    _check_mask(mask, mask_scale, mask_shift, scale, src.size)
     if not isinstance(pad, int) or pad < 0 or (pad > min(h, w) if replicate else pad >= min(h, w)):
         mode = "replicate: at most H and W" if replicate else "reflect: below H and W"
         raise ValueError(f"pad {pad!r} out of range for a {h}x{w} image ({mode})")
@@ -492,10 +540,11 @@ def norm_apply(
             raise ValueError("the skip is added after the norm, with no ReLU after it")
     out = torch.empty(b, h + 2 * pad, w + 2 * pad, c)
     s, k = src.struct(), skip.struct() if skip is not None else None
+    ptrs = [t.data_ptr() if t is not None else None for t in (mask, mask_scale, mask_shift)]
     code = _lib().fs_norm_apply(
         ctypes.byref(s), ctypes.byref(k) if k is not None else None, b, h, w,
-        scale.data_ptr(), shift.data_ptr(), stride, int(bool(relu)), pad, int(bool(replicate)),
-        out.data_ptr(), _check_threads(threads),
+        scale.data_ptr(), shift.data_ptr(), stride, *ptrs, int(bool(relu)), pad,
+        int(bool(replicate)), out.data_ptr(), _check_threads(threads),
     )  # fmt: skip
     _raise_for(code, "fs_norm_apply")
     return out.permute(0, 3, 1, 2)  # (B, C, H', W') view, channels_last in memory
@@ -532,7 +581,8 @@ def rowsplit_tail(
 
 @dataclass
 class _Norm:
-    """One norm layer: its name (``named_norms``), γ/β (C,) and epsilon."""
+    """One norm layer: its name (``named_norms``), γ/β (S, C), one row per style (S = 1 for a
+    plain instance norm), and epsilon."""
 
     name: str
     gamma: torch.Tensor
@@ -541,14 +591,14 @@ class _Norm:
 
     @classmethod
     def of(cls, name: str, m: nn.Module) -> _Norm:
-        if not isinstance(m, nn.InstanceNorm2d):
+        if not isinstance(m, nn.InstanceNorm2d | ConditionalInstanceNorm):
             raise NotImplementedError(f"{name}: the fused kernels compute instance norms only")
         gamma, beta, eps = norm_params(m)
-        return cls(name, _vec(gamma), _vec(beta), eps)
+        return cls(name, _rows(gamma), _rows(beta), eps)
 
     @property
     def channels(self) -> int:
-        return self.gamma.numel()
+        return self.gamma.shape[1]
 
 
 @dataclass
@@ -576,6 +626,11 @@ def _cl(t: torch.Tensor) -> torch.Tensor:
 
 def _vec(t: torch.Tensor) -> torch.Tensor:
     return t.detach().float().contiguous()
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """γ or β, (C,) or (S, C), as float32 (S, C) rows (S = 1 for a plain norm)."""
+    return t.detach().float().reshape(-1, t.shape[-1]).contiguous()
 
 
 def _relu(name: str, act: nn.Module) -> bool:
@@ -648,15 +703,53 @@ def _conv2d(
     return F.conv2d(x, weight, bias, stride, groups=groups).contiguous(memory_format=_CL)
 
 
+@dataclass
+class _Call:
+    """What the norms of one ``FusedRunner`` call apply, columns in ``norm_names`` order.
+
+    Either ``frozen`` maps (2, ΣC) (scales, shifts: tiles) or the style's γ/β rows (R, ΣC), R = 1
+    for the whole batch or B per image. With a painted ``mask`` (B, 1, H, W), padded as the
+    input, the ``d*`` fields hold the change from mask 0 to mask 1 of the same quantity."""
+
+    frozen: torch.Tensor | None = None
+    dfrozen: torch.Tensor | None = None
+    gamma: torch.Tensor | None = None
+    beta: torch.Tensor | None = None
+    dgamma: torch.Tensor | None = None
+    dbeta: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    pooled: dict[int, torch.Tensor] = field(default_factory=dict)
+    hook: StatsHook | None = None  # statistics as measured → as applied (not with frozen)
+
+    def mask_at(self, h: int, w: int) -> torch.Tensor:
+        """The mask average-pooled to a layer of h × w (full, 1/2 or 1/4 of the padded input,
+        as ``style_affine`` pools a map): (B, h, w), contiguous."""
+        assert self.mask is not None
+        hp, wp = self.mask.shape[-2:]
+        f = hp // h
+        if f * h != hp or f * w != wp:
+            raise RuntimeError(f"a {h}x{w} layer is no integer scale of the {hp}x{wp} mask")
+        if f not in self.pooled:
+            m = F.avg_pool2d(self.mask, f) if f > 1 else self.mask
+            self.pooled[f] = m[:, 0].contiguous()
+        return self.pooled[f]
+
+
 class FusedRunner:
     """``TransformerNet`` on CPU with the fused kernels: ``(B, 3, H, W)`` float in [0, 1], any
-    H, W ≥ 1 → the same shape in [0, 1], equal to ``net(x)`` to float rounding.
+    H, W ≥ 1 → the same shape in [0, 1], equal to ``net(x, style)`` to float rounding.
+
+    ``style`` (multi-style networks; a one-style network ignores it): None (the first style),
+    (S,) or (1 | B, S) weights, used as given, a ``PaintedStyle`` (two rows and a (1 | B, 1, H, W)
+    mask), or a (B, S, H, W) map: in the painted form when it has one
+    (``PaintedStyle.from_map``), else run by PyTorch with a ``RuntimeWarning`` (module docstring).
 
     ``norm_affine`` (2, ΣC), as built by ``fast_style.infer.tiling.pack_norm_affine``, freezes
-    every norm to a given affine map (the tiles of tiled inference), as
-    ``fast_style.infer.deploy.FrozenNormNet`` does; columns in ``norm_names`` order. The
-    weights are a snapshot of ``net``'s. Process-wide allocator tuning is the caller's
-    (``fast_style.infer.allocator.tune_malloc``)."""
+    every norm to a given affine map with the style folded in (the tiles of tiled inference), as
+    ``fast_style.infer.deploy.FrozenNormNet`` does; columns in ``norm_names`` order. For a
+    painted tile it is (2, 2, ΣC) (``pack_norm_affine`` of the ``PaintedStyle``) and ``style``
+    the ``PaintedStyle`` whose mask is read. The weights are a snapshot of ``net``'s.
+    Process-wide allocator tuning is the caller's (``fast_style.infer.allocator.tune_malloc``)."""
 
     def __init__(self, net: TransformerNet, threads: int | None = None):
         self.lib = load_library()
@@ -666,6 +759,8 @@ class FusedRunner:
         self.norm_names = [s.norm.name for s in self.steps]
         if self.norm_names != [n for n, _ in named_norms(d)]:
             raise RuntimeError("fused plan and named_norms disagree on the norm layers")
+        self.deploy = d.eval()  # PyTorch's path for style maps without a painted form
+        self._warned = False
         # The pad each glue pass writes: the next conv's input pad, the output conv's last.
         self._pads = [(s.pad, s.replicate) for s in self.steps[1:]] + [(out.pad, False)]
         # Output layer: RowSplitConv's 1 x k conv with its channels padded to a multiple of 8
@@ -675,50 +770,171 @@ class FusedRunner:
         self.out_weight = _cl(F.pad(w, (0, 0, 0, 0, 0, 0, 0, k - w.shape[0])))
         self.out_bias = _vec(F.pad(b, (0, k - b.shape[0])))
         self.out_pad, self.cout, self.rows = out.pad, out.cout, out.rows
+        # Every norm's γ/β rows side by side (S, ΣC): a style's γ/β is one matmul per call.
+        self.gammas = torch.cat([s.norm.gamma for s in self.steps], 1)
+        self.betas = torch.cat([s.norm.beta for s in self.steps], 1)
+        self.num_styles = self.gammas.shape[0]
+        self._offsets = [0]
+        for s in self.steps:
+            self._offsets.append(self._offsets[-1] + s.norm.channels)
+        widest = max(s.norm.channels for s in self.steps)
+        self._one, self._zero = torch.ones(widest), torch.zeros(widest)
 
     @property
     def total_channels(self) -> int:
         """ΣC of the norms: the width of ``norm_affine``."""
-        return sum(s.norm.channels for s in self.steps)
+        return self._offsets[-1]
 
-    def _affines(self, norm_affine: torch.Tensor | None) -> list:
-        """Per-step (scale, shift) (C,) slices of ``norm_affine``, or None per step."""
-        if norm_affine is None:
-            return [None] * len(self.steps)
-        if not isinstance(norm_affine, torch.Tensor) or norm_affine.dim() != 2:
-            raise ValueError(f"norm_affine must be a (2, {self.total_channels}) tensor")
+    def _frozen(self, norm_affine: torch.Tensor, painted: bool) -> tuple[torch.Tensor, ...]:
+        """``norm_affine`` checked: (2, ΣC), or (2, 2, ΣC) for a painted tile → the mask-0
+        maps and their change to mask 1."""
+        n = self.total_channels
+        want = (2, 2, n) if painted else (2, n)
+        if not isinstance(norm_affine, torch.Tensor) or norm_affine.dim() != len(want):
+            raise ValueError(f"norm_affine must be a {want} tensor")
         a = norm_affine.detach().float().cpu().contiguous()
-        if a.shape != (2, self.total_channels):
-            raise ValueError(
-                f"norm_affine must be (2, {self.total_channels}), got {tuple(a.shape)}"
-            )
-        out, off = [], 0
-        for s in self.steps:
-            c = s.norm.channels
-            out.append((a[0, off : off + c].clone(), a[1, off : off + c].clone()))
-            off += c
-        return out
+        if tuple(a.shape) != want:
+            raise ValueError(f"norm_affine must be {want}, got {tuple(a.shape)}")
+        if not painted:
+            return (a,)
+        return a[1].contiguous(), (a[0] - a[1]).contiguous()
 
-    def _glue(self, i: int, t: torch.Tensor, affine, skip: Source | None) -> torch.Tensor:
-        """Step ``i``'s norm (or frozen ``affine``) → [+ skip] → [ReLU] → the next pad."""
+    def _style_rows(self, style: torch.Tensor | None, counts: tuple[int, ...]) -> torch.Tensor:
+        """Style weights as (R, S) rows, R one of ``counts``; the first style for None."""
+        if style is None:
+            return torch.eye(self.num_styles)[:1]
+        rows = style.detach().float().cpu()
+        rows = rows[None] if rows.dim() == 1 else rows
+        if rows.dim() != 2 or rows.shape[1] != self.num_styles or rows.shape[0] not in counts:
+            want = " | ".join(map(str, dict.fromkeys(counts)))
+            raise ValueError(
+                f"style must be ({self.num_styles},) or ({want}, {self.num_styles}) weights, "
+                f"got {tuple(style.shape)}"
+            )
+        return rows
+
+    def _padded_mask(
+        self, style: PaintedStyle, x: torch.Tensor, size: tuple[int, int]
+    ) -> torch.Tensor:
+        """The painted mask (B, 1, H', W') float32 CPU, padded as the input ``x``."""
+        m = style.mask.detach().float().cpu()
+        if m.shape[0] not in (1, x.shape[0]) or tuple(m.shape[-2:]) != size:
+            raise ValueError(
+                f"the style mask must be (1 | {x.shape[0]}, 1, {size[0]}, {size[1]}), "
+                f"got {tuple(m.shape)}"
+            )
+        m = pad_to_multiple(m, SIZE_MULTIPLE, MIN_SIZE)[0]
+        return m.expand(x.shape[0], *m.shape[1:]).contiguous()
+
+    def _prepare(
+        self,
+        x: torch.Tensor,
+        size: tuple[int, int],
+        norm_affine: torch.Tensor | None,
+        style: torch.Tensor | PaintedStyle | None,
+    ) -> _Call:
+        """The norms' maps of one call: padded input ``x`` of original ``size``."""
+        painted = isinstance(style, PaintedStyle) and self.num_styles > 1
+        mask = self._padded_mask(style, x, size) if isinstance(style, PaintedStyle) else None
+        mask = mask if painted else None  # a one-style network ignores the style
+        if norm_affine is not None:
+            frozen = self._frozen(norm_affine, mask is not None)
+            return _Call(frozen=frozen[0], dfrozen=frozen[-1], mask=mask)
+        if self.num_styles == 1 or style is None:  # the first style's γ/β as they are
+            return _Call(gamma=self.gammas[:1], beta=self.betas[:1])
+        if isinstance(style, PaintedStyle):
+            rows = self._style_rows(style.rows, (2,))
+        else:
+            rows = self._style_rows(style, (1, x.shape[0]))
+        gamma, beta = rows @ self.gammas, rows @ self.betas
+        if mask is None:
+            return _Call(gamma=gamma, beta=beta)
+        dg, db = gamma[:1] - gamma[1:], beta[:1] - beta[1:]
+        return _Call(gamma=gamma[1:], beta=beta[1:], dgamma=dg, dbeta=db, mask=mask)
+
+    def _maps(self, i: int, src: Source, call: _Call) -> tuple[torch.Tensor | None, ...]:
+        """Step ``i``'s (scale, shift, mask, mask_scale, mask_shift), the last three None
+        without a painted mask (``norm_apply``'s arguments)."""
+        s, cols = self.steps[i], slice(self._offsets[i], self._offsets[i + 1])
+        if call.frozen is not None:
+            k, t = call.frozen[0, cols], call.frozen[1, cols]
+            if call.mask is None or call.dfrozen is None:
+                return k, t, None, None, None
+            dk, dt = call.dfrozen[0, cols], call.dfrozen[1, cols]
+            return k, t, call.mask_at(*src.size[2:]), dk, dt
+        assert call.gamma is not None and call.beta is not None
+        g, b = call.gamma[:, cols], call.beta[:, cols]
+        if g.shape[0] == 1 and call.mask is None and call.hook is None:  # the one-style path
+            return *norm_stats(src, g[0], b[0], s.norm.eps, self.threads), None, None, None
+        c = s.norm.channels  # normalise, then γ/β per image (or per pixel) in Python
+        k0, t0 = norm_stats(src, self._one[:c], self._zero[:c], s.norm.eps, self.threads)
+        if call.hook is not None:  # k0 = 1/√(var + eps), t0 = −mean·k0
+            mean, var = call.hook(i, -t0 / k0, (1 / k0.square() - s.norm.eps).clamp_min(0))
+            k0 = torch.rsqrt(var + s.norm.eps)
+            t0 = -mean * k0
+        k, t = k0 * g, t0 * g + b
+        if call.mask is None or call.dgamma is None or call.dbeta is None:
+            return k, t, None, None, None
+        dg, db = call.dgamma[:, cols], call.dbeta[:, cols]
+        return k, t, call.mask_at(*src.size[2:]), k0 * dg, t0 * dg + db
+
+    def _glue(self, i: int, t: torch.Tensor, call: _Call, skip: Source | None) -> torch.Tensor:
+        """Step ``i``'s norm (statistics or frozen) → [+ skip] → [ReLU] → the next pad."""
         s = self.steps[i]
         src = Source(t, sub=s.sub)
-        if affine is None:
-            affine = norm_stats(src, s.norm.gamma, s.norm.beta, s.norm.eps, self.threads)
+        k, sh, mask, dk, dt = self._maps(i, src, call)
+        assert k is not None and sh is not None
         pad, replicate = self._pads[i]
         return norm_apply(
-            src, *affine, relu=s.relu, pad=pad, replicate=replicate, skip=skip,
-            threads=self.threads,
+            src, k, sh, relu=s.relu, pad=pad, replicate=replicate, skip=skip,
+            threads=self.threads, mask=mask, mask_scale=dk, mask_shift=dt,
         )  # fmt: skip
 
+    def _eager(self, x: torch.Tensor, style: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """A style map without a painted form, in PyTorch (``DeployNet``): padded ``x``."""
+        if not self._warned:
+            warnings.warn(
+                "fused backend: a style map with more than two styles in use (or uneven "
+                "totals) has no one-pass form; running it in PyTorch",
+                RuntimeWarning,
+                stacklevel=4,  # the caller of __call__ (under inference_mode's wrapper)
+            )
+            self._warned = True
+        m = pad_to_multiple(style.detach().float().cpu(), SIZE_MULTIPLE, MIN_SIZE)[0]
+        return crop_to(self.deploy(x, m), size)
+
     @torch.inference_mode()
-    def __call__(self, x: torch.Tensor, norm_affine: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self,
+        x: torch.Tensor,
+        norm_affine: torch.Tensor | None = None,
+        style: torch.Tensor | PaintedStyle | None = None,
+        stats_hook: StatsHook | None = None,
+    ) -> torch.Tensor:
+        if stats_hook is not None and norm_affine is not None:
+            raise ValueError("stats_hook and norm_affine exclude each other")
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3 or x.numel() == 0:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"input must be a non-empty (B, 3, H, W) tensor, got {shape}")
         device = x.device
         x, (h, w) = pad_to_multiple(x.detach().float().cpu(), SIZE_MULTIPLE, MIN_SIZE)
-        affines = self._affines(norm_affine)
+        if isinstance(style, torch.Tensor) and style.dim() == 4 and self.num_styles > 1:
+            if tuple(style.shape[-2:]) != (h, w):
+                raise ValueError(f"a style map must be (B, S, {h}, {w}), got {tuple(style.shape)}")
+            reduced = PaintedStyle.from_map(style)
+            if reduced is None and (norm_affine is not None or stats_hook is not None):
+                raise ValueError(
+                    "frozen or hooked norms take weights or a painted style, not a map"
+                )
+            if reduced is None:
+                return self._eager(x, style, (h, w)).to(device)
+            style = reduced
+        call = self._prepare(x, (h, w), norm_affine, style)
+        call.hook = stats_hook
+        return self._run(x, call, (h, w)).to(device)
+
+    def _run(self, x: torch.Tensor, call: _Call, size: tuple[int, int]) -> torch.Tensor:
+        """The plan on the padded input ``x``, cropped to ``size``."""
         first = self.steps[0]
         mode = "replicate" if first.replicate else "reflect"
         y = F.pad(x, (first.pad,) * 4, mode=mode).contiguous(memory_format=_CL)
@@ -727,6 +943,6 @@ class FusedRunner:
             if s.block_start:
                 block_input = Source(y, offset=s.pad)  # the skip reads the unpadded interior
             t = _conv2d(y, s.weight, s.bias, s.stride, s.groups)
-            y = self._glue(i, t, affines[i], block_input if s.skip else None)
+            y = self._glue(i, t, call, block_input if s.skip else None)
         t = _conv2d(y, self.out_weight, self.out_bias)
-        return rowsplit_tail(t, self.cout, self.rows, (h, w), self.threads).to(device)
+        return rowsplit_tail(t, self.cout, self.rows, size, self.threads)

@@ -1,4 +1,8 @@
-"""The ``onnxruntime`` backend: the ONNX export of ``DeployNet``, cached on disk, run on CPU."""
+"""The ``onnxruntime`` backend: the ONNX export of ``DeployNet``, cached on disk, run on CPU.
+
+A multi-style model's export takes the style weights as its ``style`` input (B, S): one cached
+file serves every style and mix. Per-pixel style maps (a painted mask) are not an ONNX input;
+``Stylizer`` runs those in PyTorch (``fast_style.infer.stylizer``)."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import torch
 
 from fast_style.core.imaging import crop_to, pad_to_multiple
 from fast_style.core.network import MIN_SIZE, SIZE_MULTIPLE, TransformerNet
-from fast_style.infer.deploy import NORM_INPUT_NAME
+from fast_style.infer.deploy import NORM_INPUT_NAME, STYLE_INPUT_NAME
 
 _ORT_AVAILABLE: bool | None = None
 
@@ -73,7 +77,12 @@ def cached_onnx(net: TransformerNet, refresh: bool = False, frozen_norms: bool =
 
 class OrtRunner:
     """The network exported to ONNX (``DeployNet``, or ``FrozenNormNet`` with ``frozen_norms``
-    for the tiles of tiled inference), run by ONNX Runtime on CPU."""
+    for the tiles of tiled inference), run by ONNX Runtime on CPU.
+
+    ``runner(x, norm_affine=None, style=None)``: ``x`` (B, 3, H, W) in [0, 1] → same shape.
+    ``style`` (multi-style, not frozen): None (the first style), (S,) or (1 | B, S) weights,
+    used as given. A one-style or frozen export has no style input and ignores ``style``
+    (``norm_affine`` has the style folded in: ``tiling.pack_norm_affine``)."""
 
     def __init__(self, net: TransformerNet, threads: int | None = None, frozen_norms: bool = False):
         import onnxruntime as ort
@@ -90,14 +99,40 @@ class OrtRunner:
         except Exception:  # a damaged cache file (ORT raises its own exception types)
             data = cached_onnx(net, refresh=True, frozen_norms=frozen_norms)
             self.session = ort.InferenceSession(data, opts, providers=providers)
-        self.input_name = self.session.get_inputs()[0].name
+        inputs = self.session.get_inputs()
+        self.input_name = inputs[0].name
+        # S of the style input (B, S), 0 when the export has none
+        self.num_styles = next((int(i.shape[1]) for i in inputs if i.name == STYLE_INPUT_NAME), 0)
 
-    def __call__(self, x: torch.Tensor, norm_affine: torch.Tensor | None = None) -> torch.Tensor:
+    def _style_feed(self, style: torch.Tensor | None, batch: int) -> np.ndarray:
+        """The ``style`` input (B, S) float32 for ``style`` None, (S,) or (1 | B, S)."""
+        s = self.num_styles
+        if style is None:
+            style = torch.eye(s)[:1]  # the first style, as TransformerNet's default
+        if not isinstance(style, torch.Tensor) or style.dim() not in (1, 2):
+            shape = tuple(style.shape) if isinstance(style, torch.Tensor) else type(style).__name__
+            raise ValueError(
+                f"the ONNX export takes style weights (S,) or (B, S), got {shape} (per-pixel "
+                "style maps run in PyTorch)"
+            )
+        style = style.detach().float().cpu().reshape(-1, style.shape[-1])
+        if style.shape[1] != s or style.shape[0] not in (1, batch):
+            raise ValueError(f"style must be ({batch}, {s}) or (1, {s}), got {tuple(style.shape)}")
+        return np.ascontiguousarray(style.expand(batch, s).numpy())
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        norm_affine: torch.Tensor | None = None,
+        style: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         # Pad here (one source: imaging.pad_to_multiple, also for tiny images) so the graph
         # always sees H, W multiples of 4 and ≥ 8.
         xp, size = pad_to_multiple(x.float().cpu(), SIZE_MULTIPLE, MIN_SIZE)
         feed = {self.input_name: np.ascontiguousarray(xp.numpy())}
         if norm_affine is not None:
             feed[NORM_INPUT_NAME] = norm_affine.float().cpu().numpy()
+        if self.num_styles:
+            feed[STYLE_INPUT_NAME] = self._style_feed(style, xp.shape[0])
         y = self.session.run(None, feed)[0]
         return crop_to(torch.from_numpy(y), size).to(x.device)

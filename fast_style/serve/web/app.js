@@ -1,24 +1,34 @@
-// fast_style web page: upload, pick a style, adjust, paint where the style goes, download.
-// Plain JavaScript, no build step, no external resources. Talks to /api/styles and /api/stylize.
+// fast_style web page: upload, pick a style (or two of one model), adjust, paint where each
+// style goes, download. Plain JavaScript, no build step, no external resources. Talks to
+// /api/styles and /api/stylize.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const MASK_LONG_SIDE = 1024; // resolution of the painted mask (the server resizes and feathers it)
-const PAINT_RGBA = [255, 170, 0, 115]; // how painted areas are shown on the photo
+const MASK_LONG_SIDE = 1024; // resolution of the painted masks (the server resizes and feathers)
+// How painted areas are shown on the photo: style A, style B, and the photo (a light veil, only
+// where it differs from the unpainted areas).
+const TINT = { a: [255, 170, 0, 115], b: [30, 110, 255, 115], photo: [255, 255, 255, 110] };
+// The paint canvas holds one colour channel per brush: red = style A, green = style B, blue =
+// the photo, black = unpainted. Soft stroke edges mix them; the masks are derived on sending.
+const PAINT = { brush: "#f00", b: "#0f0", eraser: "#00f" };
 
 const state = {
   file: null, // the uploaded File
   photoUrl: null, // object URL of the photo (preview and "before")
   resultUrl: null, // object URL of the last result
-  style: null, // selected style name
+  style: null, // selected style name (style A)
+  styleB: null, // the second style (same model file), or null
+  styles: [], // the /api/styles items
   limits: null, // from /api/styles
-  tool: "brush",
+  tool: "brush", // brush (style A) | b (style B) | eraser (the photo)
   painted: false, // anything painted (or inverted) since the last clear
   drawing: null, // {x, y} of the last point while a stroke is in progress
   busy: false,
 };
 
-const mask = document.createElement("canvas"); // black = photo, white = style (sent as PNG)
+const paintCanvas = document.createElement("canvas"); // the brushes' channels (see PAINT)
+// Read back after every stroke (masks, overlay): keep it in memory, not on the GPU.
+const paintCtx = () => paintCanvas.getContext("2d", { willReadFrequently: true });
 
 // ---------------------------------------------------------------------------------------------
 // Messages
@@ -52,11 +62,8 @@ function formatBytes(n) {
 // ---------------------------------------------------------------------------------------------
 // Styles
 
-function prettyName(name) {
-  return name.replace(/[_-]+/g, " ").replace(/\b\w/g, (c) => c.toUpperCase());
-}
-
 function styleCard(item) {
+  // The caption is the painting's, from the model's metadata: "Title — Artist, Year".
   const card = document.createElement("button");
   card.type = "button";
   card.className = "style-card";
@@ -64,7 +71,7 @@ function styleCard(item) {
   card.setAttribute("aria-checked", "false");
   card.dataset.style = item.name;
   const meta = item.metadata || {};
-  card.title = [item.name, meta.width && `width: ${meta.width}`, meta.painting]
+  card.title = [item.label, item.name, meta.width && `width: ${meta.width}`]
     .filter(Boolean).join(" · ");
   if (item.thumbnail) {
     const img = document.createElement("img");
@@ -75,14 +82,64 @@ function styleCard(item) {
   } else {
     const ph = document.createElement("div");
     ph.className = "placeholder";
-    ph.textContent = prettyName(item.style || item.name).slice(0, 1);
+    ph.textContent = (item.title || item.name).slice(0, 1);
     card.append(ph);
   }
   const label = document.createElement("span");
-  label.textContent = prettyName(item.name);
+  label.className = "caption";
+  const title = document.createElement("span");
+  title.className = "title";
+  title.textContent = item.title || item.name;
+  label.append(title);
+  const by = item.label && item.label.slice((item.title || "").length);
+  if (by) {
+    const small = document.createElement("span");
+    small.className = "by";
+    small.textContent = by; // " — Artist, Year"
+    label.append(small);
+  }
+  if (item.styles_in_model === 1 && item.name !== item.style) {
+    const file = document.createElement("span");
+    file.className = "by";
+    file.textContent = ` (${item.name})`; // e.g. a second model of the same painting
+    label.append(file);
+  }
   card.append(label);
   card.addEventListener("click", () => selectStyle(item.name));
   return card;
+}
+
+function styleGroups(items) {
+  // Single-style models first, then one group per multi-style model (its styles can be
+  // blended and painted together); headings only when there is more than one group.
+  const groups = new Map();
+  for (const item of items) {
+    const key = item.styles_in_model > 1 ? item.model : "";
+    if (!groups.has(key)) groups.set(key, []);
+    groups.get(key).push(item);
+  }
+  const out = [];
+  for (const [model, members] of groups) {
+    const group = document.createElement("div");
+    group.className = "style-group";
+    if (groups.size > 1) {
+      const h = document.createElement("h3");
+      h.textContent = model
+        ? `${model}: ${members.length} styles in one model (blend or paint two)`
+        : "One style per model";
+      group.append(h);
+    }
+    const grid = document.createElement("div");
+    grid.className = "style-grid";
+    grid.append(...members.map(styleCard));
+    group.append(grid);
+    out.push(group);
+  }
+  return out;
+}
+
+function itemOf(name) {
+  return state.styles.find((s) => s.name === name) || null;
 }
 
 function selectStyle(name) {
@@ -90,7 +147,38 @@ function selectStyle(name) {
   for (const card of document.querySelectorAll(".style-card")) {
     card.setAttribute("aria-checked", String(card.dataset.style === name));
   }
+  updateStyleB();
   updateButton();
+}
+
+function updateStyleB() {
+  // Style B: another style of style A's model file (one network mixes or paints them).
+  const a = itemOf(state.style);
+  const select = $("style-b");
+  const partners = a ? state.styles.filter((s) => s.model === a.model && s.name !== a.name) : [];
+  const keep = partners.some((s) => s.name === state.styleB) ? state.styleB : "";
+  select.replaceChildren(new Option("None", ""),
+    ...partners.map((s) => new Option(s.label || s.name, s.name)));
+  select.value = keep;
+  select.disabled = partners.length === 0;
+  $("style-b-hint").hidden = partners.length > 0;
+  setStyleB(keep || null);
+}
+
+function setStyleB(name) {
+  state.styleB = name;
+  $("tool-b").disabled = !name;
+  $("tool-b").title = name ? "" : "Pick a second style (B) first";
+  if (!name && state.tool === "b") setTool("brush");
+  updateBlend();
+}
+
+function updateBlend() {
+  // The slider mixes A and B everywhere; painted style B puts them side by side instead.
+  const paintedB = Boolean(state.styleB) && paintedWith().b;
+  $("blend").disabled = !state.styleB || paintedB;
+  $("blend-hint").hidden = !paintedB;
+  $("blend-value").textContent = state.styleB ? `${$("blend").value}% B` : "off";
 }
 
 function limitSizes(maxSide) {
@@ -111,13 +199,14 @@ async function loadStyles() {
     const data = await res.json();
     if (!res.ok) throw new Error(data.error || `HTTP ${res.status}`);
     state.limits = data.limits;
+    state.styles = data.styles;
     limitSizes(data.limits.max_side);
-    box.replaceChildren(...data.styles.map(styleCard));
+    box.replaceChildren(...styleGroups(data.styles));
     if (data.styles.length === 0) {
       box.innerHTML = '<p class="hint">No styles on this server yet: train one with ' +
         "<code>python train.py</code> and put it in the models folder.</p>";
     } else {
-      selectStyle(data.styles[0].name);
+      selectStyle(data.default || data.styles[0].name); // the server's default (the README's)
     }
   } catch (err) {
     box.innerHTML = "";
@@ -184,48 +273,134 @@ function setupDropzone() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Region brush: paint on the photo where the style goes
+// Region brush: paint on the photo where style A, style B and the photo go
 
 function setupMask(width, height) {
   const scale = Math.min(1, MASK_LONG_SIDE / Math.max(width, height));
   const overlay = $("overlay");
-  mask.width = overlay.width = Math.max(1, Math.round(width * scale));
-  mask.height = overlay.height = Math.max(1, Math.round(height * scale));
+  paintCanvas.width = overlay.width = Math.max(1, Math.round(width * scale));
+  paintCanvas.height = overlay.height = Math.max(1, Math.round(height * scale));
   clearMask();
 }
 
 function clearMask() {
-  const m = mask.getContext("2d");
+  const m = paintCtx();
   m.globalCompositeOperation = "source-over";
   m.fillStyle = "#000";
-  m.fillRect(0, 0, mask.width, mask.height);
-  $("overlay").getContext("2d").clearRect(0, 0, mask.width, mask.height);
+  m.fillRect(0, 0, paintCanvas.width, paintCanvas.height);
+  $("overlay").getContext("2d").clearRect(0, 0, paintCanvas.width, paintCanvas.height);
   state.painted = false;
+  updateBlend();
+}
+
+function paintedWith() {
+  // Which brushes have painted (more than a stroke's soft edge): {a, b, photo}.
+  if (!paintCanvas.width) return { a: false, b: false, photo: false };
+  const d = paintCtx().getImageData(0, 0, paintCanvas.width, paintCanvas.height).data;
+  const out = { a: false, b: false, photo: false };
+  for (let i = 0; i < d.length; i += 4) {
+    if (d[i] > 127) out.a = true;
+    if (d[i + 1] > 127) out.b = true;
+    if (d[i + 2] > 127) out.photo = true;
+  }
+  return out;
+}
+
+function unpaintedIsPhoto() {
+  // Unpainted areas stay the photo once style A is painted (B's paint counts as A without B).
+  const used = paintedWith();
+  return used.a || (!state.styleB && used.b);
+}
+
+function regions() {
+  // Per pixel, the shares (0..1) of style A, style B and the photo. Unpainted areas get
+  // style A, or stay the photo once style A has been painted (today's brush: "paint where the
+  // style goes"). Without a style B, its paint counts as style A.
+  const { width, height } = paintCanvas;
+  const d = paintCtx().getImageData(0, 0, width, height).data;
+  const toPhoto = unpaintedIsPhoto();
+  const n = width * height;
+  const a = new Float32Array(n), b = new Float32Array(n), p = new Float32Array(n);
+  for (let j = 0, i = 0; j < n; j++, i += 4) {
+    const u = Math.max(0, 255 - d[i] - d[i + 1] - d[i + 2]) / 255;
+    b[j] = state.styleB ? d[i + 1] / 255 : 0;
+    a[j] = (d[i] + (state.styleB ? 0 : d[i + 1])) / 255 + (toPhoto ? 0 : u);
+    p[j] = d[i + 2] / 255 + (toPhoto ? u : 0);
+  }
+  return { a, b, p, width, height };
+}
+
+function greyCanvas(values, width, height) {
+  // A canvas of grey levels (0..1 → black..white), sent as a PNG mask.
+  const c = document.createElement("canvas");
+  c.width = width;
+  c.height = height;
+  const ctx = c.getContext("2d");
+  const img = ctx.createImageData(width, height);
+  for (let j = 0, i = 0; j < values.length; j++, i += 4) {
+    const v = Math.round(255 * Math.min(1, Math.max(0, values[j])));
+    img.data[i] = img.data[i + 1] = img.data[i + 2] = v;
+    img.data[i + 3] = 255;
+  }
+  ctx.putImageData(img, 0, 0);
+  return c;
+}
+
+function paintedMasks() {
+  // The masks of the painting: {mask: style vs photo, styleMask: A (white) vs B (black)},
+  // each null when it would be uniform (all style; no style B painted).
+  const { a, b, p, width, height } = regions();
+  const styled = new Float32Array(a.length);
+  const share = new Float32Array(a.length);
+  let photo = false, twoStyles = false;
+  for (let j = 0; j < a.length; j++) {
+    styled[j] = 1 - Math.min(1, p[j]);
+    share[j] = a[j] + b[j] > 0 ? a[j] / (a[j] + b[j]) : 1;
+    if (styled[j] < 0.999) photo = true;
+    if (b[j] > 0.5) twoStyles = true;
+  }
+  return {
+    mask: photo ? greyCanvas(styled, width, height) : null,
+    styleMask: twoStyles ? greyCanvas(share, width, height) : null,
+  };
 }
 
 function invertMask() {
-  const m = mask.getContext("2d");
-  m.globalCompositeOperation = "difference";
-  m.fillStyle = "#fff";
-  m.fillRect(0, 0, mask.width, mask.height);
-  m.globalCompositeOperation = "source-over";
-  redrawOverlay();
+  // Swap style A and the photo (style B stays): today's invert, with unpainted areas resolved.
+  const { a, b, p, width, height } = regions();
+  const ctx = paintCtx();
+  const img = ctx.createImageData(width, height);
+  for (let j = 0, i = 0; j < a.length; j++, i += 4) {
+    img.data[i] = Math.round(255 * Math.min(1, p[j]));
+    img.data[i + 1] = Math.round(255 * b[j]);
+    img.data[i + 2] = Math.round(255 * Math.min(1, a[j]));
+    img.data[i + 3] = 255;
+  }
+  ctx.putImageData(img, 0, 0);
   state.painted = true;
+  redrawOverlay();
 }
 
 function redrawOverlay() {
-  // The overlay shows the mask: painted (white) pixels tinted, the rest transparent.
-  const src = mask.getContext("2d").getImageData(0, 0, mask.width, mask.height).data;
+  // The overlay shows the painting: A and B tinted; the photo veiled where it is painted and
+  // differs from what unpainted areas get; unpainted areas transparent.
+  const { width, height } = paintCanvas;
+  const src = paintCtx().getImageData(0, 0, width, height).data;
+  const veil = !unpaintedIsPhoto();
   const ctx = $("overlay").getContext("2d");
-  const out = ctx.createImageData(mask.width, mask.height);
-  const [r, g, b, a] = PAINT_RGBA;
+  const out = ctx.createImageData(width, height);
   for (let i = 0; i < src.length; i += 4) {
-    out.data[i] = r;
-    out.data[i + 1] = g;
-    out.data[i + 2] = b;
-    out.data[i + 3] = (src[i] * a) / 255;
+    const shares = [src[i], src[i + 1], veil ? src[i + 2] : 0];
+    const sum = shares[0] + shares[1] + shares[2];
+    if (!sum) continue;
+    const tints = [TINT.a, TINT.b, TINT.photo];
+    for (let c = 0; c < 3; c++) {
+      out.data[i + c] = shares.reduce((acc, s, k) => acc + s * tints[k][c], 0) / sum;
+    }
+    out.data[i + 3] = shares.reduce((acc, s, k) => acc + (s * tints[k][3]) / 255, 0);
   }
   ctx.putImageData(out, 0, 0);
+  updateBlend();
 }
 
 function canvasPoint(e) {
@@ -251,16 +426,17 @@ function paint(from, to) {
   const overlay = $("overlay");
   const rect = overlay.getBoundingClientRect();
   const width = (Number($("brush-size").value) * overlay.width) / Math.max(1, rect.width);
-  const erase = state.tool === "eraser";
-  const m = mask.getContext("2d");
-  m.strokeStyle = erase ? "#000" : "#fff";
+  const m = paintCtx();
+  m.strokeStyle = PAINT[state.tool];
   strokeOn(m, from, to, width);
+  // While drawing, the stroke is tinted directly (overlapping segments darken a little); the
+  // end of the stroke redraws the overlay evenly from the paint canvas.
   const o = overlay.getContext("2d");
-  o.globalCompositeOperation = erase ? "destination-out" : "source-over";
-  o.strokeStyle = `rgb(${PAINT_RGBA.slice(0, 3).join(",")})`;
-  o.globalAlpha = PAINT_RGBA[3] / 255;
-  // Overlapping segments darken the tint a little while drawing; the end of the stroke
-  // redraws the overlay evenly from the mask.
+  const photo = state.tool === "eraser";
+  const tint = state.tool === "b" ? TINT.b : TINT.a;
+  o.globalCompositeOperation = photo ? "destination-out" : "source-over";
+  o.strokeStyle = `rgb(${tint.slice(0, 3).join(",")})`;
+  o.globalAlpha = tint[3] / 255;
   strokeOn(o, from, to, width);
   o.globalAlpha = 1;
   o.globalCompositeOperation = "source-over";
@@ -269,8 +445,9 @@ function paint(from, to) {
 
 function setTool(tool) {
   state.tool = tool;
-  $("tool-brush").setAttribute("aria-pressed", String(tool === "brush"));
-  $("tool-eraser").setAttribute("aria-pressed", String(tool === "eraser"));
+  for (const [id, name] of [["tool-brush", "brush"], ["tool-b", "b"], ["tool-eraser", "eraser"]]) {
+    $(id).setAttribute("aria-pressed", String(tool === name));
+  }
 }
 
 function setupBrush() {
@@ -280,8 +457,10 @@ function setupBrush() {
     $("stage").classList.toggle("painting", useMask.checked);
     $("brush-tools").hidden = !useMask.checked;
     $("brush-hint").hidden = !useMask.checked;
+    updateBlend();
   });
   $("tool-brush").addEventListener("click", () => setTool("brush"));
+  $("tool-b").addEventListener("click", () => setTool("b"));
   $("tool-eraser").addEventListener("click", () => setTool("eraser"));
   $("mask-invert").addEventListener("click", invertMask);
   $("mask-clear").addEventListener("click", clearMask);
@@ -307,8 +486,8 @@ function setupBrush() {
   overlay.addEventListener("pointercancel", end);
 }
 
-function maskBlob() {
-  return new Promise((resolve) => mask.toBlob(resolve, "image/png"));
+function canvasBlob(canvas) {
+  return new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -336,8 +515,16 @@ async function stylize() {
     form.append("strength", String(Number($("strength").value) / 100));
     form.append("preserve_color", String($("preserve-color").checked));
     form.append("max_size", $("max-size").value);
-    if ($("use-mask").checked && state.painted) {
-      form.append("mask", await maskBlob(), "mask.png");
+    const masks = $("use-mask").checked && state.painted ? paintedMasks() : {};
+    if (masks.mask) form.append("mask", await canvasBlob(masks.mask), "mask.png");
+    if (state.styleB) {
+      // Two styles of one model: painted side by side (style_mask), else blended.
+      form.append("style_b", state.styleB);
+      if (masks.styleMask) {
+        form.append("style_mask", await canvasBlob(masks.styleMask), "style_mask.png");
+      } else {
+        form.append("blend", String(Number($("blend").value) / 100));
+      }
     }
     let res;
     try {
@@ -385,6 +572,8 @@ function setupControls() {
   strength.addEventListener("input", () => {
     $("strength-value").textContent = `${strength.value}%`;
   });
+  $("style-b").addEventListener("change", () => setStyleB($("style-b").value || null));
+  $("blend").addEventListener("input", updateBlend);
   const slider = $("compare-slider");
   slider.addEventListener("input", () => {
     $("compare").style.setProperty("--pos", `${slider.value}%`);

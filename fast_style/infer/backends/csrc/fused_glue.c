@@ -12,6 +12,10 @@
  * before calling; the checks here are the last line (arguments that would read or write out of
  * bounds, failed allocations) and return an FS_E* code instead of crashing. Every entry point
  * returns FS_OK (0) or an error code; fs_abi_version() is checked by the loader.
+ *
+ * Styles: per-image scale/shift (a multi-style network's per-image γ/β) are fs_norm_apply's
+ * affine_stride; a painted two-style mask is its optional per-pixel mask with a second
+ * per-channel scale/shift (ABI 3), in the same single pass.
  */
 #include <math.h>
 #include <stdint.h>
@@ -22,7 +26,7 @@
 #endif
 
 /* Bump with every change of an entry point's signature or semantics (fused.py ABI_VERSION). */
-#define FS_ABI_VERSION 2
+#define FS_ABI_VERSION 3
 #define FS_OK 0
 #define FS_EINVAL 1 /* an argument out of range */
 #define FS_ENOMEM 2 /* an allocation failed */
@@ -157,11 +161,25 @@ int fs_norm_stats(const fs_src* s, int64_t B, int64_t H, int64_t W, const float*
   return FS_OK;
 }
 
-/* One output pixel of fs_norm_apply: C channels. */
+/* One output pixel of fs_norm_apply: C channels. masked (a compile-time constant after
+ * inlining): the per-pixel affine map of a painted two-style mask, scale k + m * dk and shift
+ * t + m * dt; the unmasked code is exactly the one-style kernel. */
 FS_INLINE void fs_pixel(float* restrict o, const float* restrict v, const float* restrict u,
-                            const float* restrict k, const float* restrict t, int relu,
-                            int64_t C) {
-  if (u) {
+                        const float* restrict k, const float* restrict t,
+                        const float* restrict dk, const float* restrict dt, float m, int masked,
+                        int relu, int64_t C) {
+  if (masked) {
+    if (u) {
+      for (int64_t c = 0; c < C; c++) o[c] = u[c] + v[c] * (k[c] + m * dk[c]) + (t[c] + m * dt[c]);
+    } else if (relu) {
+      for (int64_t c = 0; c < C; c++) {
+        const float z = v[c] * (k[c] + m * dk[c]) + (t[c] + m * dt[c]);
+        o[c] = z > 0.0f ? z : 0.0f;
+      }
+    } else {
+      for (int64_t c = 0; c < C; c++) o[c] = v[c] * (k[c] + m * dk[c]) + (t[c] + m * dt[c]);
+    }
+  } else if (u) {
     for (int64_t c = 0; c < C; c++) o[c] = u[c] + v[c] * k[c] + t[c];
   } else if (relu) {
     for (int64_t c = 0; c < C; c++) {
@@ -173,17 +191,27 @@ FS_INLINE void fs_pixel(float* restrict o, const float* restrict v, const float*
   }
 }
 
+/* The affine map of one row: (k, t) per channel, and with a mask row mr (W values, NULL when
+ * unmasked) the per-unit-mask changes (dk, dt). */
+typedef struct {
+  const float *k, *t, *dk, *dt, *mr;
+} fs_row_affine;
+
 /* One output row: the pad columns through the generic index, the interior W columns with
  * source pointers advanced incrementally (plain: one stream; sub-pixel: the two column phases,
- * each its own stream). C is a compile-time constant in the specialisations below. */
-FS_INLINE void fs_apply_row(const fs_src* s, const fs_src* skip, int64_t b, int64_t sy,
-                                int64_t W, const float* k, const float* t, int relu,
-                                int64_t pad, int replicate, float* o, int64_t C) {
+ * each its own stream). The mask is read at the source pixel (a pad repeats a pixel's value).
+ * C and masked are compile-time constants in the specialisations below. */
+FS_INLINE void fs_apply_row_impl(const fs_src* s, const fs_src* skip, int64_t b, int64_t sy,
+                                 int64_t W, const fs_row_affine* a, int relu, int64_t pad,
+                                 int replicate, float* o, int masked, int64_t C) {
+  const float *k = a->k, *t = a->t, *dk = a->dk, *dt = a->dt, *mr = a->mr;
+#define FS_M(x) (masked ? mr[(x)] : 0.0f)
   for (int64_t q = 0; q < pad; q++) {
     const int64_t sx = fs_src_index(q - pad, W, replicate), sx2 = fs_src_index(W + q, W, replicate);
-    fs_pixel(o + q * C, fs_at(s, b, sy, sx), skip ? fs_at(skip, b, sy, sx) : NULL, k, t, relu, C);
-    fs_pixel(o + (pad + W + q) * C, fs_at(s, b, sy, sx2),
-             skip ? fs_at(skip, b, sy, sx2) : NULL, k, t, relu, C);
+    fs_pixel(o + q * C, fs_at(s, b, sy, sx), skip ? fs_at(skip, b, sy, sx) : NULL, k, t, dk, dt,
+             FS_M(sx), masked, relu, C);
+    fs_pixel(o + (pad + W + q) * C, fs_at(s, b, sy, sx2), skip ? fs_at(skip, b, sy, sx2) : NULL,
+             k, t, dk, dt, FS_M(sx2), masked, relu, C);
   }
   o += pad * C;
   if (!s->sub) {
@@ -191,28 +219,44 @@ FS_INLINE void fs_apply_row(const fs_src* s, const fs_src* skip, int64_t b, int6
     const float* u = skip ? fs_at(skip, b, sy, 0) : NULL;
     const int64_t us = skip ? skip->cs : 0;
     for (int64_t x = 0; x < W; x++, v += s->cs, u = u ? u + us : NULL, o += C)
-      fs_pixel(o, v, u, k, t, relu, C);
+      fs_pixel(o, v, u, k, t, dk, dt, FS_M(x), masked, relu, C);
   } else {  /* sub-pixel sources never come with a skip */
     const float* v0 = fs_at(s, b, sy, 0);
     const float* v1 = fs_at(s, b, sy, 1);
     for (int64_t x = 0; x + 1 < W; x += 2, v0 += s->cs, v1 += s->cs, o += 2 * C) {
-      fs_pixel(o, v0, NULL, k, t, relu, C);
-      fs_pixel(o + C, v1, NULL, k, t, relu, C);
+      fs_pixel(o, v0, NULL, k, t, dk, dt, FS_M(x), masked, relu, C);
+      fs_pixel(o + C, v1, NULL, k, t, dk, dt, FS_M(x + 1), masked, relu, C);
     }
-    if (W & 1) fs_pixel(o, v0, NULL, k, t, relu, C);
+    if (W & 1) fs_pixel(o, v0, NULL, k, t, dk, dt, FS_M(W - 1), masked, relu, C);
   }
+#undef FS_M
+}
+
+/* fs_apply_row_impl with the mask switch taken once per row (both variants inlined). */
+FS_INLINE void fs_apply_row(const fs_src* s, const fs_src* skip, int64_t b, int64_t sy,
+                            int64_t W, const fs_row_affine* a, int relu, int64_t pad,
+                            int replicate, float* o, int64_t C) {
+  if (a->mr)
+    fs_apply_row_impl(s, skip, b, sy, W, a, relu, pad, replicate, o, 1, C);
+  else
+    fs_apply_row_impl(s, skip, b, sy, W, a, relu, pad, replicate, o, 0, C);
 }
 
 /* out (B, H + 2*pad, W + 2*pad, C), contiguous NHWC:
  *   v = src * scale + shift (+ skip), then ReLU if relu, then padded by pad pixels
  * (reflection, or replication if replicate). scale/shift rows are (B, C) with row stride
- * affine_stride (C: per-image statistics; 0: one affine map for the whole batch). */
+ * affine_stride (C: per-image statistics; 0: one affine map for the whole batch).
+ * mask (optional, a painted two-style mask): (B, H, W) contiguous, one value m per pixel of the
+ * unpadded output; then the map at that pixel is scale + m * mscale, shift + m * mshift, with
+ * mscale/mshift laid out as scale/shift (same stride). NULL: no mask (mscale/mshift unread). */
 int fs_norm_apply(const fs_src* s, const fs_src* skip, int64_t B, int64_t H, int64_t W,
-                  const float* scale, const float* shift, int64_t affine_stride, int relu,
+                  const float* scale, const float* shift, int64_t affine_stride,
+                  const float* mask, const float* mscale, const float* mshift, int relu,
                   int64_t pad, int replicate, float* out, int nthreads) {
   if (!fs_src_ok(s, B, H, W) || !scale || !shift || !out || pad < 0 || nthreads < 1 ||
       nthreads > FS_MAX_THREADS || (affine_stride != 0 && affine_stride != s->C))
     return FS_EINVAL;
+  if (mask && (!mscale || !mshift)) return FS_EINVAL;
   /* reflection needs pad < n (torch's rule); replication never pads more than the image */
   if (replicate ? (pad > H || pad > W) : (pad >= H || pad >= W)) return FS_EINVAL;
   /* a skip: same channels, plain source, no activation after the add (fs_pixel) */
@@ -223,15 +267,16 @@ int fs_norm_apply(const fs_src* s, const fs_src* skip, int64_t B, int64_t H, int
   for (int64_t b = 0; b < B; b++) {
     for (int64_t r = 0; r < Ho; r++) {
       const int64_t sy = fs_src_index(r - pad, H, replicate);
-      const float* k = scale + b * affine_stride;
-      const float* t = shift + b * affine_stride;
+      const int64_t off = b * affine_stride;
+      const fs_row_affine a = {scale + off, shift + off, mask ? mscale + off : NULL,
+                               mask ? mshift + off : NULL, mask ? mask + (b * H + sy) * W : NULL};
       float* o = out + (b * Ho + r) * Wo * C;
       switch (C) {  /* constant channel counts: fully unrolled vector code */
-        case 16: fs_apply_row(s, skip, b, sy, W, k, t, relu, pad, replicate, o, 16); break;
-        case 32: fs_apply_row(s, skip, b, sy, W, k, t, relu, pad, replicate, o, 32); break;
-        case 64: fs_apply_row(s, skip, b, sy, W, k, t, relu, pad, replicate, o, 64); break;
-        case 128: fs_apply_row(s, skip, b, sy, W, k, t, relu, pad, replicate, o, 128); break;
-        default: fs_apply_row(s, skip, b, sy, W, k, t, relu, pad, replicate, o, C);
+        case 16: fs_apply_row(s, skip, b, sy, W, &a, relu, pad, replicate, o, 16); break;
+        case 32: fs_apply_row(s, skip, b, sy, W, &a, relu, pad, replicate, o, 32); break;
+        case 64: fs_apply_row(s, skip, b, sy, W, &a, relu, pad, replicate, o, 64); break;
+        case 128: fs_apply_row(s, skip, b, sy, W, &a, relu, pad, replicate, o, 128); break;
+        default: fs_apply_row(s, skip, b, sy, W, &a, relu, pad, replicate, o, C);
       }
     }
   }

@@ -1,0 +1,120 @@
+"""Videos on ``stylize.py``'s command line: recognising them, and the frame function.
+
+A clip runs through ``fast_style.video.stylize_video`` (streaming, sound remuxed, written
+crash-safely) with ``ClipStylizer`` as its frame function: the photo options (strength,
+preserve-color, histogram matching, a static mask, tiling) applied to every frame, and by
+default the temporal stabiliser (``fast_style.infer.temporal``). PyAV is the optional ``video``
+extra; without it a clip gets one line saying how to install it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from fast_style.core.imaging import check_mask_size, pil_to_tensor
+from fast_style.infer.postprocess import PostProcess, check_strength, feather_mask
+from fast_style.infer.stylizer import Stylizer
+from fast_style.infer.temporal import TemporalStylizer
+
+# Containers a clip may be written to (the codec follows: fast_style.video.encode).
+VIDEO_OUTPUT_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".gif")
+DEFAULT_VIDEO_EXT = ".mp4"
+INSTALL_HINT = "video needs PyAV: pip install 'fast_style[video]'"
+# Extensions taken for videos when PyAV is missing, so that the clip gets INSTALL_HINT
+# instead of "not an image" (GIFs stay images then).
+_LIKELY_VIDEO = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"})
+
+
+def video_missing() -> bool:
+    """True when PyAV (the ``video`` extra) is not installed."""
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        return True
+    return False
+
+
+def is_clip(path: Path) -> bool:
+    """A video (recognised by its container, ``fast_style.video.io.is_video``: an animated GIF
+    is one); without PyAV, a file with a video extension."""
+    if video_missing():
+        return path.suffix.lower() in _LIKELY_VIDEO
+    from fast_style.video.io import is_video
+
+    return is_video(path)
+
+
+def video_files(folder: Path) -> list[Path]:
+    """The files under ``folder`` (recursive) with a video extension other than GIF (GIFs are
+    listed with the images and recognised by their frame count)."""
+    exts = set(VIDEO_OUTPUT_EXTENSIONS) - {".gif"}
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in exts and p.is_file())
+
+
+def clip_output(dst: Path) -> Path:
+    """A clip's output path: its own container when writable, else .mp4."""
+    if dst.suffix.lower() in VIDEO_OUTPUT_EXTENSIONS:
+        return dst
+    return dst.with_suffix(DEFAULT_VIDEO_EXT)
+
+
+@dataclass
+class ClipOptions:
+    """The photo options as they apply to every frame of a clip."""
+
+    style: torch.Tensor | None = None  # (S,) weights of a multi-style model
+    strength: float = 1.0
+    preserve_color: bool = False
+    match_histogram: bool = False
+    mask: Image.Image | None = None  # L, 255 = styled; feathered at the frame size
+    tile: int | None = None
+    overlap: int = 32
+    temporal: bool = True
+    momentum: float | None = None  # None: fast_style.infer.temporal.DEFAULT_MOMENTUM
+
+
+class ClipStylizer:
+    """The frame function of one clip: (B, 3, H, W) consecutive frames in [0, 1] → stylised,
+    float32 in [0, 1]. Temporal smoothing keeps state: one instance per clip. Tiled frames
+    (``tile``) are stylised one by one with their own tiled statistics, not smoothed."""
+
+    def __init__(self, stylizer: Stylizer, opts: ClipOptions):
+        self.stylizer, self.opts = stylizer, opts
+        self.post = PostProcess(
+            check_strength(opts.strength), opts.preserve_color, opts.match_histogram
+        )
+        self.temporal: TemporalStylizer | None = None
+        if opts.temporal and opts.tile is None:
+            kw = {} if opts.momentum is None else {"momentum": opts.momentum}
+            self.temporal = TemporalStylizer(stylizer, style=opts.style, **kw)
+        self._mask: tuple[tuple[int, int], torch.Tensor] | None = None
+
+    def _mask_at(self, h: int, w: int) -> torch.Tensor | None:
+        """The static mask feathered to (1, 1, h, w) on the stylizer's device, cached."""
+        if self.opts.mask is None:
+            return None
+        if self._mask is None or self._mask[0] != (h, w):
+            check_mask_size(self.opts.mask.size, (w, h))  # one line, never stretched
+            m = pil_to_tensor(feather_mask(self.opts.mask, (w, h))).unsqueeze(0)
+            self._mask = ((h, w), m.to(self.stylizer.device))
+        return self._mask[1]
+
+    def _network(self, x: torch.Tensor) -> torch.Tensor:
+        o, st = self.opts, self.stylizer
+        if self.temporal is not None:
+            return self.temporal(x)
+        if o.tile is not None:
+            return st.stylize_tensor(x, style=o.style, tile=o.tile, overlap=o.overlap)
+        return st.forward(x, o.style)
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        x = frames.to(self.stylizer.device, torch.float32)
+        y = self._network(x).to(x.device)
+        m = self._mask_at(*x.shape[-2:])
+        if not self.post.is_identity or m is not None:
+            y = self.post.fit(y, x)(y, x, None if m is None else m.expand(x.shape[0], -1, -1, -1))
+        return y.clamp(0, 1)

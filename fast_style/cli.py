@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "stylize": ("fast_style.infer.cli", "stylize photos, folders and huge images", None),
     "export": ("fast_style.infer.export", "export a model to ONNX or TorchScript", None),
     "gatys": ("fast_style.baseline.gatys", "the Gatys et al. optimisation baseline", "train"),
-    "evaluate": ("fast_style.baseline.evaluate", "evaluate a network against Gatys", "train"),
+    "evaluate": ("fast_style.evaluate", "evaluate a network against Gatys", "train"),
     "serve": ("fast_style.serve.cli", "the web page and JSON API", "serve"),
 }
 

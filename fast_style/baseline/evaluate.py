@@ -458,13 +458,7 @@ def _summary(r: ImageResult) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (2: bad input, one line on stderr).
-    ``evaluate video …`` is the flicker report (``fast_style.baseline.video_eval``)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["video"]:
-        from fast_style.baseline.video_eval import main as video_main
-
-        return video_main(argv[1:])
+    """Entry point; returns the exit status (2: bad input, one line on stderr)."""
     args = build_parser().parse_args(argv)
     try:
         return _main(args)

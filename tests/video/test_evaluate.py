@@ -82,3 +82,12 @@ def test_the_command_line_fails_with_one_line(mp4_clip, tmp_path, capsys, bad):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
     assert "missing.mp4" in err
+
+
+def test_fast_style_evaluate_video_dispatches(capsys):
+    from fast_style.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as e:
+        cli_main(["evaluate", "video", "--help"])
+    assert e.value.code == 0
+    assert "--momentum" in capsys.readouterr().out  # the video report's options, not the photo one

@@ -287,7 +287,9 @@ def test_conditional_resume_and_mismatched_resumes(
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
     three = _settings(synthetic_source.weights, "model=multi_slim",
                       "styles=[starry_night,udnie,the_scream]")  # fmt: skip
-    with pytest.raises(ConfigError, match=r"one network of 2 styles but this run has .* of 3"):
+    with pytest.raises(
+        ConfigError, match=r"one network of 2 styles\) but this run has .* of 3 styles"
+    ):
         check_resume_matches(ckpt, three, last)
     swapped = _settings(synthetic_source.weights, "model=multi_slim", "styles=[udnie,starry_night]")
     with pytest.raises(ConfigError, match=r"trained on styles \['starry_night', 'udnie'\]"):

@@ -10,7 +10,8 @@ the style's own training criterion (``fast_style.loss.criterion.style_criterion`
 the model's per-style metadata as in ``scripts/bench_blend.py``): the mean weighted content and
 style loss over the photos. Each ``--compare STYLE=FILE`` adds a single-style model, scored
 with the same criterion as the multi-style model's STYLE, and the ratio of the shared
-network's losses to it (above 1: the shared network is worse). Prints a Markdown table.
+network's losses to it (above 1: the shared network is worse); ``--photo-rows`` adds the
+unstylised photos' losses (what a network that did nothing scores). Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -48,6 +49,15 @@ def score(s: Stylizer, style: str | None, crit, photos: list[torch.Tensor]) -> l
         terms = crit.terms(crit.network(y), crit.network(x), y)
         per_photo.append([float(terms[k]) for k in keys])
     return [statistics.mean(col) for col in zip(*per_photo, strict=True)]
+
+
+class _Identity:
+    """Stands in for a Stylizer that leaves the photo as it is (the loss of doing nothing)."""
+
+    num_styles = 1
+
+    def stylize_tensor(self, x: torch.Tensor, style: object = None) -> torch.Tensor:
+        return x
 
 
 def left_right_mask(size: tuple[int, int]) -> Image.Image:
@@ -97,6 +107,11 @@ def grid(
     return out
 
 
+def _row(style: str, model: str, values: list[float], ratios: list[float] | None = None) -> None:
+    cells = [f"{v:.4g}" for v in values] + ([f"{r:.3f}" for r in ratios] if ratios else [""] * 3)
+    print(f"| {style} | {model} | " + " | ".join(cells) + " |")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="a model (file or name), usually multi-style")
@@ -112,11 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a single-style model to score with STYLE's criterion (repeatable)",
     )
     p.add_argument("--device", default="cpu")
+    p.add_argument("--photo-rows", action="store_true", help="also score the unstylised photos")
     p.add_argument("--grid", default=None, help="also write a picture grid here (.jpg)")
     p.add_argument("--grid-photos", nargs="+", default=[], help="the grid's photos")
     p.add_argument("--grid-tile", type=int, default=None, help="shown long side (px; --size)")
     p.add_argument("--grid-quality", type=int, default=85, help="JPEG quality of the grid")
-    return p  # fmt: skip
+    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -139,21 +155,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, crit in zip(s.style_names, criteria(s, s.style_names, args.vgg), strict=True):
         crit = crit.to(s.device)
         shared = score(s, name, crit, photos)
-        print(
-            f"| {name} | {Path(args.model).stem} | "
-            + " | ".join(f"{v:.4g}" for v in shared)
-            + " | | | |"
-        )
+        _row(name, Path(args.model).stem, shared)
         if name in compare:
             single = score(Stylizer(compare[name], device=args.device), None, crit, photos)
             ratios = [a / b for a, b in zip(shared, single, strict=True)]
-            print(
-                f"| {name} | {Path(compare[name]).stem} | "
-                + " | ".join(f"{v:.4g}" for v in single)
-                + " | "
-                + " | ".join(f"{r:.3f}" for r in ratios)
-                + " |"
-            )
+            _row(name, Path(compare[name]).stem, single, ratios)
+        if args.photo_rows:
+            _row(name, "photo (unstylised)", score(_Identity(), None, crit, photos))
     return 0
 
 

@@ -62,7 +62,9 @@ PAINTINGS = {
     "water_lilies",
     "woman_with_hat",
 }
-WEB_FILES = {"index.html", "app.js", "style.css", "docs.html", "docs.js", "docs.css"}
+WEB_FILES = {"index.html", "app.js", "ondevice.js", "style.css", "docs.html", "docs.js", "docs.css"}
+# The browser runtime (scripts/build_web_runtime.py, git-ignored) ships when it was built.
+VENDOR = Path("fast_style/serve/web/vendor/onnxruntime-web")
 # Distributions that a fresh venv has without asking (python -m venv); never hidden.
 VENV_BASELINE = {"pip", "setuptools", "wheel"}
 
@@ -480,7 +482,8 @@ def test_wheel_is_complete(built: Built) -> None:
     models = _rel(names, "fast_style/_checkpoints/") - {"__init__.py"}
     assert models == {f"{p}.safetensors" for p in PAINTINGS | {"starry_night_cpu_demo", "multi"}}
     assert "fast_style/infer/backends/csrc/fused_glue.c" in names
-    assert _rel(names, "fast_style/serve/web/") == WEB_FILES
+    vendor = {f"vendor/onnxruntime-web/{p.name}" for p in (src / VENDOR).glob("*") if p.is_file()}
+    assert _rel(names, "fast_style/serve/web/") == WEB_FILES | vendor
     assert "fast_style/py.typed" in names
     for pkg in PYPROJECT["tool"]["setuptools"]["packages"]:
         assert f"{pkg.replace('.', '/')}/__init__.py" in names, pkg

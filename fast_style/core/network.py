@@ -12,6 +12,7 @@ output stage, in forward order::
 
     encoder.conv1 … conv3      kind "conv":      pad → conv → norm → ReLU   (ConvNormAct)
     residuals.res1 … resN      kind "residual":  x + units(x), units conv1, conv2
+                                                 (block "dwsep": dw1, pw1, dw2, pw2)
     decoder.up1, up2           kind "upsample":  nearest ×2 → ConvNormAct ("layer")
     output                     kind "output":    pad → conv, then the scaled tanh
 
@@ -54,6 +55,11 @@ MIN_SIZE = 8
 MAX_CHANNELS = 1024
 MAX_RESIDUAL = 64
 MAX_STYLES = 256  # styles of one conditional network
+MAX_KERNEL = 15  # first and last conv kernels: odd, 1..15 (the paper's are 9)
+# Residual block kinds (``BLOCKS``): "basic", Johnson et al.'s two 3×3 convs; "dwsep", each 3×3
+# conv replaced by a depthwise 3×3 + pointwise 1×1 pair (Howard et al. 2017, "MobileNets"),
+# ~8x fewer multiply-adds per block at 64 channels.
+BLOCKS = ("basic", "dwsep")
 # The groups of named stages (nn.Sequential), in forward order; the output stage follows them.
 STAGE_GROUPS = ("encoder", "residuals", "decoder")
 
@@ -73,6 +79,10 @@ class TransformerConfig:
     # 1: one style, plain instance norm (every single-style model file); more: conditional
     # instance norm, every convolution shared and each style owning its γ/β rows.
     num_styles: int = 1
+    # The residual block kind (``BLOCKS``) and the (first, last) conv kernel sizes: the knobs
+    # of the lightweight variants (model=nano); "basic" and (9, 9) are the paper's.
+    block: str = "basic"
+    kernels: tuple[int, int] = (9, 9)
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_styles <= MAX_STYLES:
@@ -83,9 +93,22 @@ class TransformerConfig:
             )
         if not 0 <= self.num_residual <= MAX_RESIDUAL:
             raise ValueError(f"num_residual must be in 0..{MAX_RESIDUAL}, got {self.num_residual}")
+        if self.block not in BLOCKS:
+            raise ValueError(f"block must be one of {', '.join(BLOCKS)}, got {self.block!r}")
+        if len(self.kernels) != 2 or not all(
+            isinstance(k, int) and k % 2 == 1 and 1 <= k <= MAX_KERNEL for k in self.kernels
+        ):
+            raise ValueError(
+                f"kernels must be 2 odd sizes in 1..{MAX_KERNEL}, got {list(self.kernels)}"
+            )
 
     def to_dict(self) -> dict:
-        return {"architecture": ARCHITECTURE, **asdict(self), "channels": list(self.channels)}
+        return {
+            "architecture": ARCHITECTURE,
+            **asdict(self),
+            "channels": list(self.channels),
+            "kernels": list(self.kernels),
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> TransformerConfig:
@@ -101,7 +124,17 @@ class TransformerConfig:
             raise ValueError(
                 f"channels, num_residual and num_styles must be integers, got {channels!r}"
             )
-        return cls(channels=tuple(channels), num_residual=num_residual, num_styles=num_styles)
+        # absent in files written before the lightweight variants: the paper's block, kernels
+        block, kernels = d.get("block", "basic"), d.get("kernels", [9, 9])
+        if not isinstance(block, str) or not isinstance(kernels, list | tuple):
+            raise ValueError(f"block must be a name and kernels a list, got {block!r}, {kernels!r}")
+        return cls(
+            channels=tuple(channels),
+            num_residual=num_residual,
+            num_styles=num_styles,
+            block=block,
+            kernels=cast("tuple[int, int]", tuple(kernels)),
+        )
 
     @property
     def conditional(self) -> bool:
@@ -268,6 +301,39 @@ class ResidualBlock(Stage):
         return [(f"{name}.norm", u.norm) for name, u in self.units()]
 
 
+class DWSepResidualBlock(Stage):
+    """``ResidualBlock`` with each 3×3 conv split into a depthwise 3×3 and a pointwise 1×1
+    unit (Howard et al. 2017), each with its own norm: dw1 → pw1 (ReLU) → dw2 → pw2, plus the
+    identity skip, no ReLU after the add. (B, C, H, W) → same shape; 2·(9C + C²) weights
+    instead of 2·9C². Each dw/pw pair factorises one 3×3 conv of the basic block, so there is
+    no ReLU between its halves (Chollet 2017, "Xception", §4.7: better without one)."""
+
+    kind = "residual"
+
+    def __init__(self, ch: int, norm: NormFactory = instance_norm):
+        super().__init__()
+        self.dw1 = ConvNormAct(ch, ch, 3, relu=False, norm=norm, groups=ch)
+        self.pw1 = ConvNormAct(ch, ch, 1, norm=norm)
+        self.dw2 = ConvNormAct(ch, ch, 3, relu=False, norm=norm, groups=ch)
+        self.pw2 = ConvNormAct(ch, ch, 1, relu=False, norm=norm)
+
+    def forward(self, x: torch.Tensor, style: Style = None) -> torch.Tensor:
+        y = self.pw1(self.dw1(x, style), style)
+        return x + self.pw2(self.dw2(y, style), style)
+
+    def units(self) -> list[tuple[str, ConvNormAct]]:
+        """The conv units of the body, in order; the skip adds the block input to the last."""
+        return [("dw1", self.dw1), ("pw1", self.pw1), ("dw2", self.dw2), ("pw2", self.pw2)]
+
+    def named_norms(self) -> list[tuple[str, nn.Module]]:
+        return [(f"{name}.norm", u.norm) for name, u in self.units()]
+
+
+def residual_block(block: str, ch: int, norm: NormFactory) -> Stage:
+    """A residual stage of kind ``block`` (``BLOCKS``) at ``ch`` channels."""
+    return DWSepResidualBlock(ch, norm) if block == "dwsep" else ResidualBlock(ch, norm)
+
+
 class Upsample2x(nn.Module):
     """Nearest-neighbour ×2 by reshape/expand: (B, C, H, W) → (B, C, 2H, 2W).
 
@@ -322,12 +388,13 @@ def stage_group(prefix: str, stages: Sequence[nn.Module]) -> nn.Sequential:
 class TransformerNet(nn.Module):
     """Image (B, 3, H, W) in [0, 1] → stylised image (B, 3, H, W) in [0, 1], for any H, W ≥ 1.
 
-    Default widths 32/64/128 are the paper's (``model=johnson``); ``model=slim`` halves them.
+    Default widths 32/64/128 are the paper's (``model=johnson``); ``model=slim`` halves them;
+    ``model=nano`` (``block="dwsep"``, smaller first/last ``kernels``) is the lightweight one.
     ``num_styles`` > 1 makes one network for several styles (``model=multi``): conditional
     instance norm everywhere, all convolutions shared (Dumoulin et al. 2017).
-    Stages (module docstring): ``encoder`` (conv1: 9×9 to c1; conv2, conv3: 3×3 stride 2 to
-    c2, c3), ``residuals`` (res1 … resN at c3, 1/4 resolution), ``decoder`` (up1 to c2, up2 to
-    c1) and ``output`` (9×9 to RGB).
+    Stages (module docstring): ``encoder`` (conv1: k_in × k_in, default 9×9, to c1; conv2,
+    conv3: 3×3 stride 2 to c2, c3), ``residuals`` (res1 … resN at c3, 1/4 resolution),
+    ``decoder`` (up1 to c2, up2 to c1) and ``output`` (k_out × k_out, default 9×9, to RGB).
     """
 
     def __init__(
@@ -336,32 +403,44 @@ class TransformerNet(nn.Module):
         num_residual: int = 5,
         norm: NormFactory | None = None,
         num_styles: int = 1,
+        block: str = "basic",
+        kernels: Sequence[int] = (9, 9),
     ):
         super().__init__()
         widths = cast("tuple[int, int, int]", tuple(int(c) for c in channels))  # length checked
-        self.config = TransformerConfig(widths, int(num_residual), int(num_styles))
+        ks = cast("tuple[int, int]", tuple(int(k) for k in kernels))
+        self.config = TransformerConfig(widths, int(num_residual), int(num_styles), block, ks)
         self.num_styles = self.config.num_styles
         norm = norm or norm_factory(self.num_styles)
         c1, c2, c3 = self.config.channels
+        k_in, k_out = self.config.kernels
         # Registration order = parameter order: the same as the positional layout of format
         # version 1, so optimizer states of old checkpoints still line up.
         self.encoder = stage_group(
             "conv",
             [
-                ConvNormAct(3, c1, 9, norm=norm),
+                ConvNormAct(3, c1, k_in, norm=norm),
                 ConvNormAct(c1, c2, 3, stride=2, norm=norm),
                 ConvNormAct(c2, c3, 3, stride=2, norm=norm),
             ],
         )
-        self.residuals = stage_group("res", [ResidualBlock(c3, norm) for _ in range(num_residual)])
+        self.residuals = stage_group(
+            "res", [residual_block(block, c3, norm) for _ in range(num_residual)]
+        )
         self.decoder = stage_group("up", [UpsampleConv(c3, c2, norm), UpsampleConv(c2, c1, norm)])
-        self.output = OutputConv(c1, 3, 9)
+        self.output = OutputConv(c1, 3, k_out)
 
     @classmethod
     def from_config(cls, cfg: TransformerConfig | dict) -> TransformerNet:
         if isinstance(cfg, dict):
             cfg = TransformerConfig.from_dict(cfg)
-        return cls(cfg.channels, cfg.num_residual, num_styles=cfg.num_styles)
+        return cls(
+            cfg.channels,
+            cfg.num_residual,
+            num_styles=cfg.num_styles,
+            block=cfg.block,
+            kernels=cfg.kernels,
+        )
 
     def forward(self, x: torch.Tensor, style: Style = None) -> torch.Tensor:
         """``x`` (B, 3, H, W) in [0, 1]; ``style`` for a multi-style network: (B, S) weights

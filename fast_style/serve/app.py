@@ -12,7 +12,15 @@ A web page and a JSON API for stylising photos, for people who never open a term
   for two styles of one multi-style model, ``style_b`` with ``blend`` (its weight in a mix) or a
   ``style_mask`` (white = ``style``, black = ``style_b``); returns the image;
 * ``GET /healthz``; ``GET /docs`` the API page (``web/docs.html``, rendered from
-  ``/openapi.json`` by local script; FastAPI's CDN-loaded Swagger UI and ReDoc are off).
+  ``/openapi.json`` by local script; FastAPI's CDN-loaded Swagger UI and ReDoc are off);
+* the page's "on this device" mode (``web/ondevice.js``; ``docs/browser.md``), where the photo
+  and the camera's frames never leave the visitor's machine: ``GET /api/ondevice`` the light
+  models it offers (nano, slim) and whether the runtime is there; ``GET /api/models/{model}.onnx``
+  a model's ONNX export (built once per file version and cached); ``GET /ort/{file}`` the files of
+  ONNX Runtime Web, put in ``web/vendor/onnxruntime-web`` (or ``$FAST_STYLE_WEB_RUNTIME``) at
+  build time from the npm registry by ``scripts/build_web_runtime.py``: 404 with that hint when
+  they are not there. The page is served cross-origin isolated (COOP/COEP), so that WebAssembly
+  may use threads.
 
 Stylisation is ``fast_style.infer.stylizer.Stylizer.stylize_image``, exactly as in ``stylize.py``;
 uploads are decoded by ``fast_style.core.imaging.open_image_bytes`` (pixel limit before decoding,
@@ -43,6 +51,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -82,6 +93,24 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+# The main page also compiles WebAssembly (ONNX Runtime Web: 'wasm-unsafe-eval', not 'unsafe-eval')
+# and is cross-origin isolated, so that SharedArrayBuffer, hence WASM threads, are available: every
+# resource is this server's own, so "require-corp" costs nothing.
+ISOLATION_HEADERS = {
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Embedder-Policy": "require-corp",
+}
+INDEX_HEADERS = {
+    **PAGE_HEADERS,
+    "Content-Security-Policy": "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; "
+    "img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    **ISOLATION_HEADERS,
+}
+# ONNX Runtime Web (scripts/build_web_runtime.py writes it and its manifest.json there)
+RUNTIME_DIR = WEB_DIR / "vendor" / "onnxruntime-web"
+RUNTIME_ENV = "FAST_STYLE_WEB_RUNTIME"
+RUNTIME_BUILD = "python scripts/build_web_runtime.py"
+RUNTIME_TYPES = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm"}
 
 
 def _validation_response(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -123,9 +152,11 @@ def create_app(
     backend: str = "auto",
     half: bool | str = False,
     show_demos: bool = False,
+    web_runtime: str | Path | None = None,
 ) -> FastAPI:
     """The FastAPI application serving the models in ``models_dir`` (default: the shipped
-    models; see the module docstring); ``show_demos`` lists demo models too."""
+    models; see the module docstring); ``show_demos`` lists demo models too; ``web_runtime``:
+    the folder of ONNX Runtime Web (default ``$FAST_STYLE_WEB_RUNTIME``, else ``RUNTIME_DIR``)."""
     limits = limits or Limits()
     folder = Path(models_dir or shipped_models_dir())
     registry = ModelRegistry(folder, device, backend, half, show_demos)
@@ -151,6 +182,8 @@ def create_app(
     app.add_middleware(AdmissionMiddleware, limiter=limiter)
     _add_page_routes(app)
     _add_api_routes(app, registry, limiter, limits, device)
+    runtime = WebRuntime(Path(web_runtime or os.environ.get(RUNTIME_ENV) or RUNTIME_DIR))
+    _add_ondevice_routes(app, registry, runtime)
     return app
 
 
@@ -163,7 +196,7 @@ def _version() -> str:
 def _add_page_routes(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
-        return FileResponse(WEB_DIR / "index.html", headers=PAGE_HEADERS)
+        return FileResponse(WEB_DIR / "index.html", headers=INDEX_HEADERS)
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> FileResponse:
@@ -224,6 +257,115 @@ def _add_api_routes(
             **{c: {"description": d} for c, d in _ERRORS.items()},
         },
     )(_stylize_endpoint(app, registry, limiter, limits))
+
+
+class WebRuntime:
+    """The ONNX Runtime Web files in ``folder``, as its ``manifest.json`` lists them
+    (``scripts/build_web_runtime.py``); re-read when the manifest changes."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._manifest: tuple[tuple[int, int], dict[str, Any]] | None = None
+
+    def manifest(self) -> dict[str, Any] | None:
+        """The manifest, or None when the runtime is not built (or its manifest unreadable)."""
+        path = self.folder / "manifest.json"
+        try:
+            st = path.stat()
+            key = (st.st_mtime_ns, st.st_size)
+            if self._manifest is None or self._manifest[0] != key:
+                data = json.loads(path.read_text())
+                if not isinstance(data.get("files"), dict):
+                    return None
+                self._manifest = (key, data)
+            return self._manifest[1]
+        except (OSError, ValueError):
+            return None
+
+    def files(self) -> dict[str, int]:
+        """File name → size of every listed file that is present."""
+        manifest = self.manifest() or {"files": {}}
+        return {
+            name: int(info.get("bytes", 0))
+            for name, info in manifest["files"].items()
+            if (self.folder / name).is_file()
+        }
+
+    def status(self) -> dict[str, Any]:
+        """``GET /api/ondevice``'s ``runtime``: whether the files are there (``ready``), the
+        version, which backends can load (``wasm``, ``webgpu``), and how to build them."""
+        manifest = self.manifest()
+        files = self.files()
+        backends = [
+            b
+            for b, entry in (("wasm", "ort.wasm.min.mjs"), ("webgpu", "ort.webgpu.min.mjs"))
+            if entry in files
+        ]
+        ready = manifest is not None and "wasm" in backends
+        return {
+            "ready": ready,
+            "version": manifest.get("version") if manifest else None,
+            "backends": backends,
+            "base": "ort/",
+            "bytes": files,
+            "message": None
+            if ready
+            else f"on-device mode needs ONNX Runtime Web: run {RUNTIME_BUILD}",
+        }
+
+    def path(self, name: str) -> Path:
+        """The file ``name`` (only names the manifest lists); 404 when it is not there."""
+        if name not in self.files():
+            if self.manifest() is None:
+                why = f"ONNX Runtime Web is not built here: run {RUNTIME_BUILD}"
+            else:
+                why = (
+                    f"{name!r} is not a file of ONNX Runtime Web here (to rebuild: {RUNTIME_BUILD})"
+                )
+            raise ApiError(404, why)
+        return self.folder / name
+
+
+def _add_ondevice_routes(app: FastAPI, registry: ModelRegistry, runtime: WebRuntime) -> None:
+    """The routes of the page's on-device mode (module docstring)."""
+
+    @app.get("/api/ondevice", summary="Light models for on-device (in-browser) use; the runtime")
+    async def ondevice() -> dict[str, Any]:
+        items = await asyncio.to_thread(registry.on_device_listing)
+        default = await asyncio.to_thread(registry.on_device_default)
+        return {"styles": items, "default": default, "runtime": runtime.status()}
+
+    @app.get(
+        "/api/models/{model}.onnx",
+        summary="A light model's ONNX export, for the page's on-device mode",
+        response_class=Response,
+        responses={
+            200: {"content": {"application/octet-stream": {}}},
+            404: {"description": "no such model, or not a light one (nano, slim)"},
+            503: {"description": "this server cannot export ONNX (pip install fast_style[export])"},
+        },
+    )
+    async def model_onnx(model: str, request: Request) -> Response:
+        data = await asyncio.to_thread(registry.onnx, model)
+        etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+        headers = {"ETag": etag, "Cache-Control": "no-cache", **_SAME_ORIGIN}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        return Response(data, media_type="application/octet-stream", headers=headers)
+
+    @app.get("/ort/{name}", include_in_schema=False)
+    async def ort_file(name: str) -> FileResponse:
+        path = runtime.path(name)
+        kind = RUNTIME_TYPES.get(path.suffix, "application/octet-stream")
+        # FileResponse answers conditional requests (ETag, Last-Modified) with 304.
+        return FileResponse(
+            path, media_type=kind, headers={"Cache-Control": "no-cache", **_SAME_ORIGIN}
+        )
+
+
+# Subresources of the isolated page: same-origin only, and workers (ONNX Runtime's proxy and
+# threads) isolated like the page.
+_SAME_ORIGIN = {"Cross-Origin-Resource-Policy": "same-origin", **ISOLATION_HEADERS}
 
 
 _ERRORS = {

@@ -37,6 +37,21 @@ from fast_style.serve.errors import ApiError
 
 log = logging.getLogger("fast_style.serve")
 THUMBNAIL_SIZE = 256
+# The widest network offered for the browser: the slim width (16/32/64) and narrower.
+ON_DEVICE_MAX_CHANNELS = 64
+
+
+def device_kind(meta: dict[str, Any]) -> str | None:
+    """How light a model is for the browser: ``"nano"`` (the depthwise-separable variant),
+    ``"slim"`` (at most ``ON_DEVICE_MAX_CHANNELS`` channels), or None (a full-width model,
+    not offered for on-device use)."""
+    width = str(meta.get("width", ""))
+    if meta.get("block") == "dwsep" or "nano" in width:
+        return "nano"
+    channels = meta.get("channels")
+    if isinstance(channels, list) and channels and all(isinstance(c, int) for c in channels):
+        return "slim" if max(channels) <= ON_DEVICE_MAX_CHANNELS else None
+    return "slim" if "slim" in width else None
 
 
 @dataclass(frozen=True)
@@ -142,6 +157,7 @@ class ModelRegistry:
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self._thumbs: dict[str, bytes] = {}
+        self._onnx: dict[str, tuple[tuple[Path, int, int], bytes]] = {}
 
     @staticmethod
     def _key(path: Path) -> tuple[Path, int, int]:
@@ -250,3 +266,77 @@ class ModelRegistry:
                 im.save(buf, "JPEG", quality=85)
             self._thumbs[entry.name] = buf.getvalue()
         return self._thumbs[entry.name]
+
+    def on_device(self) -> list[StyleEntry]:
+        """The styles offered for the page's on-device mode: those of light models
+        (``device_kind``), demos included, nano models first, then in listing order."""
+        light = [(device_kind(e.meta), e) for e in self.all_entries().values()]
+        return [e for k, e in sorted(light, key=lambda ke: ke[0] != "nano") if k is not None]
+
+    def on_device_default(self) -> str | None:
+        """The on-device style the page preselects: ``DEFAULT_STYLE``'s nano model, else any
+        nano model, else ``DEFAULT_STYLE`` in a slim model (``starry_night_cpu_demo``), else
+        the first offered; None if none."""
+        entries = self.on_device()
+        for kind in ("nano", "slim"):
+            of_kind = [e for e in entries if device_kind(e.meta) == kind]
+            best = [e for e in of_kind if (e.style or e.meta.get("style")) == DEFAULT_STYLE]
+            if best or (kind == "nano" and of_kind):
+                return (best or of_kind)[0].name
+        return entries[0].name if entries else None
+
+    def on_device_listing(self) -> list[dict[str, Any]]:
+        """``GET /api/ondevice`` items: the ``listing`` item plus ``kind`` (nano or slim), the
+        URL of the model's ONNX export and the names of its styles in row order (the ONNX
+        ``style`` input's columns; one entry for a one-style model)."""
+        loaded = set(self._loaded)
+        out = []
+        for e in self.on_device():
+            item = e.listing(e.model in loaded)
+            item["kind"] = device_kind(e.meta)
+            item["onnx"] = f"/api/models/{quote(e.model)}.onnx"
+            item["style_names"] = style_names(e.meta)
+            out.append(item)
+        return out
+
+    def onnx(self, model: str) -> bytes:
+        """The ONNX export (float32, dynamic H and W; a ``style`` input (B, S) for a
+        multi-style file) of the model file named ``model`` (its stem), for the page's
+        on-device mode; 404 unless it is offered there (``on_device``). Exported once per
+        file version (kept in memory, and on disk by ``cached_onnx``)."""
+        entry = next((e for e in self.on_device() if e.model == model), None)
+        if entry is None:
+            known = model in {e.model for e in self.all_entries().values()}
+            why = "is not a light model (nano or slim)" if known else "is not a model here"
+            raise ApiError(
+                404,
+                f"{model!r} {why}: on-device mode offers only light models",
+                {"available": sorted({e.model for e in self.on_device()})},
+            )
+        with self._lock:
+            lock = self._locks.setdefault(f"onnx:{model}", threading.Lock())
+        with lock:
+            key = self._key(entry.path)
+            cached = self._onnx.get(model)
+            if cached is None or cached[0] != key:
+                self._onnx[model] = (key, _export_onnx(entry.path))
+            return self._onnx[model][1]
+
+
+def _export_onnx(path: Path) -> bytes:
+    """The ONNX export of the model file at ``path``; 503 when this install cannot export."""
+    from fast_style.core.model_io import load_model
+    from fast_style.infer.backends.ort import cached_onnx
+
+    t0 = time.perf_counter()
+    net, _meta = load_model(path, "cpu")
+    try:
+        data = cached_onnx(net)
+    except ImportError as e:  # the exporter's optional dependencies
+        raise ApiError(
+            503, f"this server cannot export ONNX ({e}): pip install 'fast_style[export]'"
+        ) from e
+    log.info(
+        "ONNX export of %s: %.1f MB in %.1f s", path.name, len(data) / 1e6, time.perf_counter() - t0
+    )
+    return data

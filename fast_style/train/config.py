@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fast_style.core.imaging import IMAGE_EXTENSIONS
+from fast_style.core.network import TransformerNet
 from fast_style.core.resources import config_dir
 from fast_style.loss.config import LossConfig, StyleConfig
 
@@ -36,6 +37,36 @@ class ModelConfig:
     # shared convolutions, per-style γ/β; model=multi, multi_slim) instead of one network per
     # style. With one style it is the plain single-style network.
     conditional: bool = False
+    # The residual block ("basic" | "dwsep", depthwise-separable) and the first/last conv
+    # kernels: fast_style.core.network.TransformerConfig; model=nano sets them.
+    block: str = "basic"
+    kernels: list[int] = field(default_factory=lambda: [9, 9])
+
+    def network(self, num_styles: int = 1) -> TransformerNet:
+        """A freshly initialised network of this architecture."""
+        return TransformerNet(
+            self.channels, self.num_residual, num_styles=num_styles, block=self.block,
+            kernels=self.kernels,
+        )  # fmt: skip
+
+
+@dataclass
+class DistillConfig:
+    """Knowledge distillation (``distill.teacher=<model>``, fast_style.train.distill): the
+    network also learns the teacher's outputs, cached once per training image."""
+
+    teacher: str | None = None  # a model file, or a shipped model's name; None: off
+    pixel_weight: float = 10.0  # mean |y − t| (pixels in [0, 1])
+    feature_weight: float = 1.0  # relative feature MSE at feature_layers, as the content term
+    feature_layers: dict[str, float] = field(
+        default_factory=lambda: {"relu1_2": 1.0, "relu2_2": 1.0}
+    )
+    # Each photo is cached at cache_size² (short side resized, centre crop) with the teacher's
+    # output; training crops data.image_size² from both. None: data.image_size (no crop).
+    cache_size: int | None = None
+    max_images: int | None = None  # cache only the first N training photos (CPU budgets)
+    flip: bool = True  # random horizontal flips of both (the teacher trained with flips)
+    cache_dir: str | None = None  # None: $FAST_STYLE_CACHE/distill (~/.cache/fast_style)
 
 
 @dataclass
@@ -103,6 +134,7 @@ class TrainSettings:
     trainer: dict[str, Any]
     seed: int | None
     ckpt_path: str | None
+    distill: DistillConfig = field(default_factory=DistillConfig)
     # Every style trained in this run: ``[style]`` unless the config's ``styles`` list names
     # several (they share each batch's loss-network pass over the content images), or the
     # styles of ``train.add_styles`` when adding styles to an existing network.
@@ -134,6 +166,7 @@ _SECTIONS = {
     "loss": LossConfig,
     "optim": OptimConfig,
     "train": RunConfig,
+    "distill": DistillConfig,
 }
 _TOP_LEVEL = {*_SECTIONS, "trainer", "seed", "ckpt_path", "styles"}
 
@@ -291,6 +324,49 @@ def _check_values(s: TrainSettings) -> None:
         if getattr(s.data, key) < 1:
             raise ConfigError(f"config error: data.{key} must be positive")
     _check_temporal(s)
+    _check_distill(s)
+    _check_model(s)
+
+
+def _check_model(s: TrainSettings) -> None:
+    """``model.block`` and ``model.kernels`` name a buildable network."""
+    from fast_style.core.network import TransformerConfig
+
+    m = s.model
+    try:
+        TransformerConfig(tuple(m.channels), m.num_residual, 1, m.block, tuple(m.kernels))  # type: ignore[arg-type]
+    except ValueError as e:
+        raise ConfigError(f"config error: model: {e}") from None
+
+
+def _check_distill(s: TrainSettings) -> None:
+    """``distill``: one single-style network, non-negative weights, a cache at least as
+    large as the crops."""
+    d = s.distill
+    if not d.teacher:
+        return
+    if s.conditional or len(s.styles) > 1:
+        raise ConfigError("config error: distill.teacher trains one single-style network")
+    for key in ("pixel_weight", "feature_weight"):
+        value = getattr(d, key)
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"config error: distill.{key} must be >= 0, got {value}")
+    if d.cache_size is not None and d.cache_size < s.data.image_size:
+        raise ConfigError(
+            f"config error: distill.cache_size ({d.cache_size}) must be >= data.image_size "
+            f"({s.data.image_size})"
+        )
+    if d.max_images is not None and d.max_images < 1:
+        raise ConfigError("config error: distill.max_images must be positive")
+    from fast_style.loss.vgg import layer_names
+
+    taps = layer_names(s.loss.network)
+    for tap in d.feature_layers:
+        if tap not in taps:
+            raise ConfigError(
+                f"config error: distill.feature_layers.{tap}: not a {s.loss.network} layer"
+                f"{_suggest(tap, taps)}"
+            )
 
 
 def _check_temporal(s: TrainSettings) -> None:

@@ -82,7 +82,10 @@ def with_base_model(settings: TrainSettings) -> TrainSettings:
     width = str(meta.get("width") or "multi")
     if int(meta.get("num_styles", 1)) == 1:
         width = _MULTI_WIDTH.get(width, width)
-    model = ModelConfig(width, list(meta["channels"]), int(meta["num_residual"]), True)
+    model = ModelConfig(
+        width, list(meta["channels"]), int(meta["num_residual"]), True,
+        block=str(meta.get("block", "basic")), kernels=list(meta.get("kernels", [9, 9])),
+    )  # fmt: skip
     return replace(settings, model=model)
 
 
@@ -97,7 +100,7 @@ def grow(source: TransformerNet, k: int, init: str = "mean") -> TransformerNet:
     row 0) with ``k`` more styles: every weight copied, each new γ/β row the mean of the
     existing rows (``init="mean"``) or the identity affine γ = 1, β = 0 (``"identity"``)."""
     cfg = source.config
-    net = TransformerNet(cfg.channels, cfg.num_residual, num_styles=cfg.num_styles + k)
+    net = TransformerNet.from_config(replace(cfg, num_styles=cfg.num_styles + k))
     old, keys = source.state_dict(), norm_keys(net)
     state = {}
     for key, target in net.state_dict().items():
@@ -142,13 +145,13 @@ def build_conditional(
     (``freeze_shared``); else all of it trains."""
     m, names = settings.model, [s.name for s in settings.styles]
     if not settings.train.init_dir:
-        net = TransformerNet(m.channels, m.num_residual, num_styles=len(names))
+        net = m.network(len(names))
         return net, None, list(range(len(names)))
     path = resolve_init_file(settings.train.init_dir)
     source, meta = load_model(path)  # ModelFileError names the file if it is wrong
     base = Base(path, meta)
     if not settings.train.add_styles:
-        net = TransformerNet(m.channels, m.num_residual, num_styles=len(names))
+        net = m.network(len(names))
         if source.config != net.config or base.names != names:
             raise ModelFileError(
                 f"{path}: its network ({source.config}, styles {base.names}) is not this run's "

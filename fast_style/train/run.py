@@ -30,8 +30,9 @@ from fast_style.train.checkpointing import (
 )
 from fast_style.train.config import ConfigError, TrainSettings
 from fast_style.train.data import StyleDataModule
+from fast_style.train.distill import DistillDataModule
 from fast_style.train.multi import network_style_names, resolve_init_file, with_base_model
-from fast_style.train.system import StyleTransferSystem
+from fast_style.train.system import StyleTransferSystem, lineage
 
 log = logging.getLogger("fast_style.train")
 
@@ -91,6 +92,8 @@ def check_resume_matches(ckpt: dict[str, Any], settings: TrainSettings, path: Pa
         list(meta.get("channels", [])) != list(m.channels)
         or meta.get("num_residual") != int(m.num_residual)
         or int(meta.get("num_styles", 1)) != num_styles
+        or meta.get("block", "basic") != m.block
+        or list(meta.get("kernels", [9, 9])) != list(m.kernels)
     ):
         theirs = _describe_net(meta)
         ours = _describe_net({**ours_meta, "num_styles": num_styles})
@@ -117,11 +120,17 @@ def train(settings: TrainSettings, run_dir: Path) -> Path | None:
     if settings.seed is not None:
         pl.seed_everything(settings.seed, workers=True)
     max_steps = int(settings.trainer.get("max_steps") or 0)
-    data = StyleDataModule(settings.data)
+    data = (
+        DistillDataModule(settings.data, settings.distill)
+        if settings.distill.teacher
+        else StyleDataModule(settings.data)
+    )
     data.setup("fit")
     system = StyleTransferSystem(
         settings, grid_images=data.grid_images(settings.train.num_grid_images)
     )
+    if isinstance(data, DistillDataModule) and data.teacher_file is not None:
+        system.distilled_from = {"file": data.teacher_file.name, **lineage(data.teacher_meta)}
     ckpt_dir = run_dir / "checkpoints"
     clean_checkpoint_dir(ckpt_dir)
     callbacks: list[pl.Callback] = [

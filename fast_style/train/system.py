@@ -29,6 +29,7 @@ from fast_style.loss.criterion import style_criterion, style_loss_weights
 from fast_style.loss.temporal import warp_consistency, warped_frame
 from fast_style.loss.vgg import VGGFeatures
 from fast_style.train.config import TrainSettings
+from fast_style.train.distill import distill_terms
 from fast_style.train.multi import (
     Base,
     base_entries,
@@ -49,6 +50,8 @@ def build_criteria(settings: TrainSettings) -> tuple[list[PerceptualLoss], list[
     """One criterion per style of the run, all over one shared loss network (built once, with
     the union of the taps), and the style images (1, 3, H, W) in [0, 1]."""
     taps = set().union(*(style_loss_weights(s).taps for s in settings.styles))
+    if settings.distill.teacher:
+        taps |= set(settings.distill.feature_layers)
     network = VGGFeatures(taps, arch=settings.loss.network, weights=settings.loss.weights)
     pairs = [style_criterion(s, settings.loss, network) for s in settings.styles]
     return [c for c, _ in pairs], [image for _, image in pairs]
@@ -109,16 +112,16 @@ class StyleTransferSystem(pl.LightningModule):
             self.net, self.base, self.rows = build_conditional(settings)
             self.extra_nets = nn.ModuleList()
         else:
-            self.net = TransformerNet(m.channels, m.num_residual)
-            self.extra_nets = nn.ModuleList(
-                TransformerNet(m.channels, m.num_residual) for _ in settings.styles[1:]
-            )
+            self.net = m.network()
+            self.extra_nets = nn.ModuleList(m.network() for _ in settings.styles[1:])
             if settings.train.init_dir:
                 self._init_from(resolve_init_dir(settings.train.init_dir))
         # Kept in __dict__, not registered as submodules (see the module docstring).
         self.__dict__["_criteria"] = None
         self.__dict__["_styles"] = None
         self.grid_images = grid_images
+        # The teacher of a distilled network (its file and lineage), for the metadata.
+        self.distilled_from: dict[str, Any] | None = None
 
     def _init_from(self, folder: Path) -> None:
         """Copy each style's weights from ``folder/<style>.safetensors`` (or ``.ckpt``)."""
@@ -202,6 +205,7 @@ class StyleTransferSystem(pl.LightningModule):
         ``temporal`` (training) and ``loss.temporal.weight`` > 0, the temporal term as well
         (``add_temporal``), included in each style's ``total``."""
         crits = self.criteria
+        batch, target = batch if isinstance(batch, tuple | list) else (batch, None)
         batch = self._prepare(batch)
         content_taps = tuple(sorted(set().union(*(c.weights.content_layers for c in crits))))
         with torch.no_grad():
@@ -210,6 +214,8 @@ class StyleTransferSystem(pl.LightningModule):
         if len(outputs) == 1:
             feats = crits[0].network(outputs[0])
             all_terms = [crits[0].terms(feats, content_feats, outputs[0])]
+            if target is not None:  # distillation (distill.teacher): one network
+                self.add_distill(outputs[0], target, feats, all_terms[0])
         else:
             # One loss-network pass for all styles: a K times larger batch keeps the GPU busier.
             feats_all = crits[0].network(torch.cat(outputs))
@@ -221,6 +227,21 @@ class StyleTransferSystem(pl.LightningModule):
         if temporal and self.settings.loss.temporal.weight > 0:
             self.add_temporal(batch, outputs, all_terms)
         return all_terms
+
+    def add_distill(
+        self,
+        output: torch.Tensor,
+        target: torch.Tensor,
+        feats: dict[str, torch.Tensor],
+        terms: dict[str, torch.Tensor],
+    ) -> None:
+        """Add the distillation terms (``fast_style.train.distill.distill_terms``) of ``output``
+        against the teacher's ``target`` to ``terms``; ``total`` += ``distill``."""
+        extra = distill_terms(
+            output, self._prepare(target), feats, self.criteria[0].network, self.settings.distill
+        )
+        terms.update(extra)
+        terms["total"] = terms["total"] + extra["distill"]
 
     def add_temporal(
         self,
@@ -247,7 +268,8 @@ class StyleTransferSystem(pl.LightningModule):
     def _log_terms(
         self, prefix: str, terms: dict[str, torch.Tensor], on_step: bool, bar: bool = True
     ) -> None:
-        keys = ("content", "style", "tv", *(("temporal",) if "temporal" in terms else ()), "total")
+        optional = tuple(k for k in ("temporal", "distill") if k in terms)
+        keys = ("content", "style", "tv", *optional, "total")
         main = {f"{prefix}/{k}": terms[k] for k in keys}
         self.log_dict(
             main,
@@ -374,6 +396,7 @@ class StyleTransferSystem(pl.LightningModule):
                 if style.name in self._init_meta
                 else {}
             ),
+            **({"distilled_from": self.distilled_from} if self.distilled_from else {}),
         )
 
     def _conditional_metadata(self) -> dict[str, Any]:

@@ -114,3 +114,55 @@ def test_walking_something_else_is_a_clear_error():
 
     with pytest.raises(TypeError, match="not a transform network"):
         named_stages(nn.Conv2d(3, 3, 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# The lightweight variants (model=nano): depthwise-separable blocks and smaller end kernels.
+
+
+def nano(**kw) -> TransformerNet:
+    args = {"channels": (8, 16, 32), "num_residual": 3, "block": "dwsep", "kernels": (5, 5)}
+    return TransformerNet(**{**args, **kw})
+
+
+def test_nano_layers_and_weight_count():
+    net = nano()
+    res = net.residuals.res1
+    assert [n for n, _ in res.units()] == ["dw1", "pw1", "dw2", "pw2"]
+    assert res.dw1.conv.groups == 32 and res.dw1.conv.kernel_size == (3, 3)
+    assert res.pw1.conv.kernel_size == (1, 1) and res.pw1.conv.groups == 1
+    assert net.encoder.conv1.conv.kernel_size == (5, 5)
+    assert net.output.conv.kernel_size == (5, 5)
+    # a block: 2 · (9C + C²) conv weights, 4 · C biases, 4 norms of 2 · C; C = 32
+    block = sum(p.numel() for p in res.parameters())
+    assert block == 2 * (9 * 32 + 32 * 32) + 4 * 32 + 4 * 2 * 32
+    assert sum(p.numel() for p in net.parameters()) < 25_000  # ≤ 50 KB in float16
+
+
+@pytest.mark.parametrize(("h", "w"), [(8, 8), (33, 17), (64, 48)])
+def test_nano_output_size_and_range(h, w):
+    with torch.no_grad():
+        y = nano().eval()(torch.rand(2, 3, h, w))
+    assert y.shape == (2, 3, h, w) and y.min() >= 0 and y.max() <= 1
+
+
+def test_block_and_kernels_roundtrip_and_default_for_old_files():
+    cfg = nano(kernels=(3, 7)).config
+    assert TransformerConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.to_dict()["kernels"] == [3, 7] and cfg.to_dict()["block"] == "dwsep"
+    old = {"architecture": "johnson2016", "channels": [16, 32, 64], "num_residual": 5}
+    assert TransformerConfig.from_dict(old) == TransformerConfig((16, 32, 64), 5)
+    rebuilt = TransformerNet.from_config(cfg)
+    assert rebuilt.output.conv.kernel_size == (7, 7)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [("block", "mobile", "block must be one of"), ("kernels", [4, 5], "odd sizes"),
+     ("kernels", [5], "odd sizes"), ("kernels", [17, 9], "odd sizes"),
+     ("block", 3, "block must be a name")],
+)  # fmt: skip
+def test_bad_block_or_kernels_are_refused(field, value, message):
+    d = {**nano().config.to_dict(), field: value}
+    with pytest.raises(ValueError, match=message):
+        TransformerConfig.from_dict(d)

@@ -16,56 +16,31 @@ import pytest
 import torch
 from torch import nn
 
-from fast_style.core.network import (
-    ConvNormAct,
-    ResidualBlock,
-    TransformerNet,
-    named_norms,
-    stage_group,
-)
+from fast_style.core.network import TransformerNet, named_norms
 from fast_style.infer.backends import fused as fused_cpu
 from fast_style.infer.backends.ort import onnxruntime_available
 from fast_style.infer.deploy import DeployNet, FrozenNormNet
 from fast_style.infer.export import to_onnx_bytes, to_torchscript
 from fast_style.infer.tiling import frozen_norm_stats, pack_norm_affine, record_norm_stats
 
-
-class SeparableBlock(ResidualBlock):
-    """A depthwise-separable residual block (the kind a lighter architecture would use),
-    defined here only: the derived forms must handle it without changes."""
-
-    def __init__(self, ch: int):
-        nn.Module.__init__(self)
-        self.dw1 = ConvNormAct(ch, ch, 3, groups=ch)
-        self.pw1 = ConvNormAct(ch, ch, 1)
-        self.dw2 = ConvNormAct(ch, ch, 3, groups=ch)
-        self.pw2 = ConvNormAct(ch, ch, 1, relu=False)
-
-    def forward(self, x: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
-        return x + self.pw2(self.dw2(self.pw1(self.dw1(x, style), style), style), style)
-
-    def units(self) -> list[tuple[str, ConvNormAct]]:
-        return [("dw1", self.dw1), ("pw1", self.pw1), ("dw2", self.dw2), ("pw2", self.pw2)]
-
-
-# (channels, residual blocks, input shape, separable blocks)
+# (channels, residual blocks, input shape, block kind, first/last kernels)
 ARCHS = {
-    "8-16-24x3": ((8, 16, 24), 3, (2, 3, 37, 45), False),
-    "slim": ((16, 32, 64), 5, (1, 3, 36, 29), False),
-    "full": ((32, 64, 128), 5, (1, 3, 24, 20), False),
-    "8-16-16x1": ((8, 16, 16), 1, (2, 3, 21, 30), False),
-    "no-residual": ((8, 16, 16), 0, (1, 3, 17, 23), False),
-    "separable": ((8, 16, 24), 2, (1, 3, 33, 27), True),
+    "8-16-24x3": ((8, 16, 24), 3, (2, 3, 37, 45), "basic", (9, 9)),
+    "slim": ((16, 32, 64), 5, (1, 3, 36, 29), "basic", (9, 9)),
+    "full": ((32, 64, 128), 5, (1, 3, 24, 20), "basic", (9, 9)),
+    "8-16-16x1": ((8, 16, 16), 1, (2, 3, 21, 30), "basic", (9, 9)),
+    "no-residual": ((8, 16, 16), 0, (1, 3, 17, 23), "basic", (9, 9)),
+    "separable": ((8, 16, 24), 2, (1, 3, 33, 27), "dwsep", (9, 9)),
+    "nano": ((8, 16, 32), 3, (2, 3, 30, 41), "dwsep", (5, 5)),
+    "nano-k3-k1": ((8, 16, 32), 2, (1, 3, 26, 19), "dwsep", (3, 1)),
 }
 
 
 def make_net(name: str) -> tuple[TransformerNet, tuple[int, ...]]:
     """Random weights, norm scales of both signs (a ReLU after a negative scale matters)."""
-    channels, blocks, shape, separable = ARCHS[name]
+    channels, blocks, shape, block, kernels = ARCHS[name]
     torch.manual_seed(3)
-    net = TransformerNet(channels, blocks)
-    if separable:
-        net.residuals = stage_group("res", [SeparableBlock(channels[2]) for _ in range(blocks)])
+    net = TransformerNet(channels, blocks, block=block, kernels=kernels)
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, nn.InstanceNorm2d):

@@ -1,6 +1,8 @@
 // fast_style web page: upload, pick a style (or two of one model), adjust, paint where each
 // style goes, download. Plain JavaScript, no build step, no external resources. Talks to
-// /api/styles and /api/stylize.
+// /api/styles and /api/stylize; in the "on this device" mode (ondevice.js, imported when the
+// visitor picks it) to /api/ondevice and the model's ONNX file instead, and the photo and the
+// live camera's frames are stylized in the browser, never uploaded.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -24,6 +26,11 @@ const state = {
   painted: false, // anything painted (or inverted) since the last clear
   drawing: null, // {x, y} of the last point while a stroke is in progress
   busy: false,
+  mode: "server", // where the network runs: "server" or "device" (this browser: ondevice.js)
+  lists: { server: null, device: null }, // each mode's styles: {styles, default, selected}
+  ondevice: null, // GET /api/ondevice: {styles, default, runtime}
+  device: null, // the promise of the imported ondevice.js module
+  camera: null, // the running LiveCamera (ondevice.js), or null
 };
 
 const paintCanvas = document.createElement("canvas"); // the brushes' channels (see PAINT)
@@ -52,7 +59,8 @@ function setBusy(busy) {
 
 function updateButton() {
   $("stylize").disabled = state.busy || !state.file || !state.style;
-  $("stylize").textContent = state.busy ? "Stylizing…" : "Stylize";
+  const label = state.mode === "device" ? "Stylize on this device" : "Stylize";
+  $("stylize").textContent = state.busy ? "Stylizing…" : label;
 }
 
 function formatBytes(n) {
@@ -175,7 +183,7 @@ function setStyleB(name) {
 
 function updateBlend() {
   // The slider mixes A and B everywhere; painted style B puts them side by side instead.
-  const paintedB = Boolean(state.styleB) && paintedWith().b;
+  const paintedB = state.mode === "server" && Boolean(state.styleB) && paintedWith().b;
   $("blend").disabled = !state.styleB || paintedB;
   $("blend-hint").hidden = !paintedB;
   $("blend-value").textContent = state.styleB ? `${$("blend").value}% B` : "off";
@@ -192,6 +200,24 @@ function limitSizes(maxSide) {
   }
 }
 
+function showStyles(list) {
+  // The picker shows one mode's styles; each mode keeps its own selection (else its default:
+  // the server's is the README's style, this device's a nano or slim model).
+  const box = $("styles");
+  state.styles = list.styles;
+  box.replaceChildren(...styleGroups(list.styles));
+  if (list.styles.length === 0) {
+    box.innerHTML = '<p class="hint">No styles on this server yet: train one with ' +
+      "<code>python train.py</code> and put it in the models folder.</p>";
+    state.style = null;
+    updateStyleB();
+    updateButton();
+    return;
+  }
+  const keep = list.styles.some((s) => s.name === list.selected) ? list.selected : null;
+  selectStyle(keep || list.default || list.styles[0].name);
+}
+
 async function loadStyles() {
   const box = $("styles");
   try {
@@ -199,15 +225,9 @@ async function loadStyles() {
     const data = await res.json();
     if (!res.ok) throw new Error(data.error || `HTTP ${res.status}`);
     state.limits = data.limits;
-    state.styles = data.styles;
     limitSizes(data.limits.max_side);
-    box.replaceChildren(...styleGroups(data.styles));
-    if (data.styles.length === 0) {
-      box.innerHTML = '<p class="hint">No styles on this server yet: train one with ' +
-        "<code>python train.py</code> and put it in the models folder.</p>";
-    } else {
-      selectStyle(data.default || data.styles[0].name); // the server's default (the README's)
-    }
+    state.lists.server = { styles: data.styles, default: data.default, selected: null };
+    if (state.mode === "server") showStyles(state.lists.server);
   } catch (err) {
     box.innerHTML = "";
     showError(`Could not load the styles: ${err.message}`);
@@ -504,6 +524,10 @@ async function errorMessage(res) {
 
 async function stylize() {
   if (state.busy || !state.file || !state.style) return;
+  if (state.mode === "device") {
+    await stylizeOnDevice();
+    return;
+  }
   showError("");
   setBusy(true);
   setStatus("Stylizing… the first use of a style loads it, which takes a moment.");
@@ -534,7 +558,7 @@ async function stylize() {
     }
     if (!res.ok) throw new Error(await errorMessage(res));
     const blob = await res.blob();
-    showResult(blob, res.headers, (performance.now() - t0) / 1000);
+    showResult(blob, filenameFrom(res.headers), (performance.now() - t0) / 1000);
   } catch (err) {
     setStatus("");
     showError(err.message);
@@ -549,22 +573,238 @@ function filenameFrom(headers) {
   return m ? m[1] : `stylized_${state.style}.png`;
 }
 
-function showResult(blob, headers, seconds) {
+function showResult(blob, filename, seconds, where = "") {
   if (state.resultUrl) URL.revokeObjectURL(state.resultUrl);
   state.resultUrl = URL.createObjectURL(blob);
   const after = $("after");
   after.onload = () => {
     $("result-panel").hidden = false;
     $("result-info").textContent =
-      `${after.naturalWidth}×${after.naturalHeight} · ${formatBytes(blob.size)}`;
-    setStatus(`Done in ${seconds.toFixed(1)} s.`);
+      `${after.naturalWidth}×${after.naturalHeight} · ${formatBytes(blob.size)}` +
+      (where ? ` · ${where}` : "");
+    setStatus(`Done${where ? " " + where : ""} in ${seconds.toFixed(1)} s.`);
     $("result-panel").scrollIntoView({ behavior: "smooth", block: "nearest" });
   };
   after.src = state.resultUrl;
   $("before").src = state.photoUrl;
   const link = $("download");
   link.href = state.resultUrl;
-  link.download = filenameFrom(headers);
+  link.download = filename;
+}
+
+// ---------------------------------------------------------------------------------------------
+// On this device: the network runs in the browser (ondevice.js, ONNX Runtime Web)
+
+function deviceNote(message, stateName) {
+  // One line under the mode switch: the runtime and backend, or why the mode is unavailable.
+  const note = $("device-note");
+  note.textContent = message;
+  note.hidden = !message;
+  note.dataset.state = stateName || "";
+}
+
+function deviceModule() {
+  // ondevice.js, imported on first use (a failed import may be retried).
+  if (!state.device) {
+    state.device = import("./ondevice.js").catch((err) => {
+      state.device = null;
+      throw err;
+    });
+  }
+  return state.device;
+}
+
+async function loadOnDevice() {
+  // Which light models the browser may run, and whether the runtime is built on the server.
+  let why = "";
+  try {
+    const res = await fetch("api/ondevice");
+    const data = await res.json();
+    if (!res.ok) throw new Error(data.error || `HTTP ${res.status}`);
+    state.ondevice = data;
+    state.lists.device = { styles: data.styles, default: data.default, selected: null };
+    if (!data.runtime.ready) why = data.runtime.message;
+    else if (!data.styles.length) why = "no light model (nano or slim) in the models folder.";
+  } catch (err) {
+    why = `unavailable (${err.message}).`;
+  }
+  $("mode-device").disabled = Boolean(why);
+  if (why) {
+    $("mode-device").title = why;
+    deviceNote(`On this device: ${why}`, "unavailable");
+  }
+}
+
+async function setMode(mode) {
+  if (mode === state.mode || state.busy || !state.lists[mode]) return;
+  if (state.camera) await stopCamera();
+  state.lists[state.mode].selected = state.style;
+  state.mode = mode;
+  const device = mode === "device";
+  $("mode-server").setAttribute("aria-pressed", String(!device));
+  $("mode-device").setAttribute("aria-pressed", String(device));
+  // The browser runs the network only: no strength, colour transfer or painted masks.
+  if (device && $("use-mask").checked) {
+    $("use-mask").checked = false;
+    $("use-mask").dispatchEvent(new Event("change"));
+  }
+  for (const id of ["strength", "preserve-color", "use-mask"]) $(id).disabled = device;
+  $("device-limits").hidden = !device;
+  $("camera-panel").hidden = !device;
+  $("result-panel").hidden = true; // a result belongs to the mode it was made in
+  showStyles(state.lists[mode]);
+  if (device) await prepareDevice();
+  else deviceNote("");
+}
+
+async function prepareDevice() {
+  // Import the runtime now (a few MB of WebAssembly), so that the first run is quick.
+  deviceNote("Loading ONNX Runtime Web…", "loading");
+  try {
+    const mod = await deviceModule();
+    const rt = await mod.loadRuntime(state.ondevice.runtime);
+    if (state.mode !== "device") return;
+    deviceNote(`Runs in this browser (${mod.describeRuntime(rt)}): the photo never leaves ` +
+      "this device.", "ready");
+  } catch (err) {
+    deviceNote("On this device: the runtime did not load.", "error");
+    showError(err.message || String(err));
+  }
+}
+
+function styleWeights(item) {
+  // The style row of a multi-style model (the ONNX "style" input): one-hot, or the mix
+  // (1 - blend) A + blend B, as the server's jobs.choose_styles; null for a one-style model.
+  if (!item || item.styles_in_model <= 1) return null;
+  const row = new Array(item.styles_in_model).fill(0);
+  const b = state.styleB ? itemOf(state.styleB) : null;
+  const t = b ? Number($("blend").value) / 100 : 0;
+  row[item.index] += 1 - t;
+  if (b) row[b.index] += t;
+  return row;
+}
+
+function roundHalfEven(x) {
+  // Python's round(), which the server's resize_long_side uses (2.5 → 2, 3.5 → 4).
+  const r = Math.round(x);
+  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+async function photoPixels(longSide) {
+  // The photo as ImageData, downscaled to ``longSide`` as the server would size it
+  // (imaging.resize_long_side; the browser's "high" smoothing stands in for its Lanczos).
+  // Colour profiles are ignored and EXIF orientation applied, as the server's Pillow does.
+  let src;
+  try {
+    src = await createImageBitmap(state.file, {
+      colorSpaceConversion: "none",
+      imageOrientation: "from-image",
+    });
+  } catch {
+    src = $("preview"); // already decoded (EXIF-oriented) by the browser
+  }
+  const sw = src.naturalWidth || src.width, sh = src.naturalHeight || src.height;
+  const scale = Math.min(1, longSide / Math.max(sw, sh));
+  const w = Math.max(1, roundHalfEven(sw * scale)), h = Math.max(1, roundHalfEven(sh * scale));
+  const canvas = document.createElement("canvas");
+  canvas.width = w;
+  canvas.height = h;
+  const ctx = canvas.getContext("2d", { willReadFrequently: true });
+  ctx.imageSmoothingQuality = "high";
+  ctx.drawImage(src, 0, 0, w, h);
+  if (src.close) src.close();
+  return ctx.getImageData(0, 0, w, h);
+}
+
+function safeName(text) {
+  return text.replace(/[^A-Za-z0-9_-]+/g, "_");
+}
+
+function deviceFilename(item) {
+  // "<photo>_<style>.png", as the server names its downloads (jobs.download_name).
+  const stem = safeName(state.file.name.replace(/\.[^.]*$/, "")).slice(0, 60) || "photo";
+  const b = state.styleB ? itemOf(state.styleB) : null;
+  let style = item.name;
+  if (item.styles_in_model > 1) style = b ? `${item.style}-${b.style}` : item.style;
+  return `${stem}_${safeName(style)}.png`;
+}
+
+async function stylizeOnDevice() {
+  // The photo is read, stylized and encoded here; nothing is uploaded.
+  const item = itemOf(state.style);
+  showError("");
+  setBusy(true);
+  setStatus("Stylizing on this device… the first run loads the model.");
+  const t0 = performance.now();
+  try {
+    const mod = await deviceModule();
+    const model = await mod.openModel(state.ondevice.runtime, item);
+    const pixels = await photoPixels(Number($("max-size").value));
+    const { image } = await mod.stylize(model, pixels, styleWeights(item));
+    const canvas = document.createElement("canvas");
+    canvas.width = image.width;
+    canvas.height = image.height;
+    canvas.getContext("2d").putImageData(image, 0, 0);
+    const blob = await canvasBlob(canvas);
+    const seconds = (performance.now() - t0) / 1000;
+    const where = `on this device (${mod.describeRuntime(model.rt)})`;
+    showResult(blob, deviceFilename(item), seconds, where);
+  } catch (err) {
+    setStatus("");
+    showError(err.message || String(err));
+  } finally {
+    setBusy(false);
+  }
+}
+
+async function startCamera() {
+  if (state.camera || state.mode !== "device") return;
+  showError("");
+  $("cam-start").disabled = true;
+  $("cam-fps").textContent = "Starting the camera…";
+  try {
+    const mod = await deviceModule();
+    const camera = new mod.LiveCamera({
+      video: $("cam-video"),
+      canvas: $("cam-out"),
+      readout: $("cam-fps"),
+      size: () => Number($("cam-size").value),
+      // the style picked above, read at every frame: a new pick shows at the next one
+      model: () => mod.openModel(state.ondevice.runtime, itemOf(state.style)),
+      weights: () => styleWeights(itemOf(state.style)),
+      onError: (err) => {
+        showError(`Camera: ${err.message || err}`);
+        stopCamera();
+      },
+    });
+    state.camera = camera;
+    await camera.start();
+    $("cam-stop").disabled = false;
+  } catch (err) {
+    state.camera = null;
+    $("cam-start").disabled = false;
+    $("cam-fps").textContent = "";
+    showError(`Could not start the camera: ${err.message || err}`);
+  }
+}
+
+async function stopCamera() {
+  const camera = state.camera;
+  state.camera = null;
+  $("cam-stop").disabled = true;
+  if (camera) await camera.stop();
+  $("cam-start").disabled = false;
+  const fps = $("cam-fps");
+  if (fps.dataset.fps) {
+    fps.textContent = `Stopped (${Number(fps.dataset.fps).toFixed(1)} frames/s).`;
+  }
+}
+
+function setupDevice() {
+  $("mode-server").addEventListener("click", () => setMode("server"));
+  $("mode-device").addEventListener("click", () => setMode("device"));
+  $("cam-start").addEventListener("click", startCamera);
+  $("cam-stop").addEventListener("click", stopCamera);
 }
 
 function setupControls() {
@@ -584,4 +824,6 @@ function setupControls() {
 setupDropzone();
 setupBrush();
 setupControls();
+setupDevice();
 loadStyles();
+loadOnDevice();

@@ -1,6 +1,9 @@
-"""Export a trained transform network to ONNX or TorchScript, with dynamic batch, H and W.
+"""Export a trained transform network to ONNX or TorchScript, with dynamic batch, H and W, or
+to the mobile runtimes ExecuTorch, LiteRT (TFLite) and CoreML (``fast_style.infer.export_mobile``).
 
-``python -m fast_style.infer.export --model MODEL --format onnx|torchscript --output FILE``
+``python -m fast_style.export --model MODEL --format onnx|torchscript --output FILE``
+``python -m fast_style.export --model MODEL --format executorch|tflite|coreml --output FILE
+[--size HxW] [--max-size N] [--style NAME]``
 
 The exported graph is ``DeployNet``: ``TransformerNet`` re-parameterised for speed, with the
 same outputs. Its pad to a multiple of 4 is branch-free (``(-h) % 4``), so pad amounts and the
@@ -49,8 +52,20 @@ from fast_style.core.network import (
     style_affine,
 )
 from fast_style.infer.deploy import NORM_INPUT_NAME, STYLE_INPUT_NAME, DeployNet, FrozenNormNet
+from fast_style.infer.export_mobile import (
+    DEFAULT_MAX_SIZE,
+    DYNAMIC_FORMATS,
+    EXTENSIONS,
+    MOBILE_FORMATS,
+    MobileOptions,
+    describe_sizes,
+    disk_size,
+    export_mobile,
+    missing_runtime,
+    parse_size,
+)
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "torchscript", *MOBILE_FORMATS)
 # Every op the exported graph may contain (checked by the tests): plain tensor ops and shape
 # arithmetic that ONNX converters handle. MatMul (multi-style models: style weights (B, S) times
 # a layer's (S, C) γ/β table) is a core op of TensorRT, CoreML, TFLite and OpenVINO alike.
@@ -209,20 +224,27 @@ def export_torchscript(
 
 
 def export(
-    net: TransformerNet, fmt: str, path: str | os.PathLike, meta: dict | None = None
+    net: TransformerNet,
+    fmt: str,
+    path: str | os.PathLike,
+    meta: dict | None = None,
+    mobile: MobileOptions | None = None,
 ) -> Path:
-    """Export in ``fmt`` (``onnx`` or ``torchscript``)."""
+    """Export in ``fmt`` (``FORMATS``); ``mobile``: size and style of a mobile export."""
     if fmt == "onnx":
         return export_onnx(net, path, meta)
     if fmt == "torchscript":
         return export_torchscript(net, path, meta)
+    if fmt in MOBILE_FORMATS:
+        return export_mobile(net, fmt, path, meta, mobile)
     raise ValueError(f"unknown export format {fmt!r} (choose from {', '.join(FORMATS)})")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fast-style export",
-        description="Export a fast_style model to ONNX or TorchScript (dynamic batch, H, W).",
+        description="Export a fast_style model to ONNX or TorchScript (dynamic batch, H, W), or "
+        "to ExecuTorch, TFLite or CoreML for phones (docs/mobile.md).",
     )
     p.add_argument(
         "--model", required=True, help=".ckpt, .safetensors or a style name in checkpoints/"
@@ -231,10 +253,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         choices=FORMATS,
         default=None,
-        help="default: from the output's extension (.onnx → onnx, .pt/.ts → torchscript)",
+        help="default: from the output's extension (.onnx → onnx, .pt/.ts → torchscript, "
+        ".pte → executorch, .tflite → tflite, .mlpackage → coreml)",
     )
     p.add_argument("--output", required=True, help="file to write")
     p.add_argument("--models-dir", action="append", default=[], help="extra folder for style names")
+    mobile = p.add_argument_group("mobile formats (executorch, tflite, coreml)")
+    mobile.add_argument(
+        "--size",
+        type=str,
+        default=None,
+        metavar="HxW",
+        help="a fixed input size (required for tflite); default for executorch and coreml: "
+        "dynamic H, W, multiples of 4 up to --max-size",
+    )
+    mobile.add_argument(
+        "--max-size",
+        type=int,
+        default=DEFAULT_MAX_SIZE,
+        metavar="N",
+        help=f"largest H and W of a dynamic export (default {DEFAULT_MAX_SIZE}; ExecuTorch "
+        "plans its memory for it)",
+    )
+    mobile.add_argument(
+        "--style",
+        default=None,
+        help="a multi-style model: bake this style in (default: a 'style' weights input)",
+    )
     return p
 
 
@@ -245,6 +290,8 @@ def _format_for(path: Path, fmt: str | None) -> str:
         return "onnx"
     if path.suffix.lower() in (".pt", ".ts", ".torchscript", ".jit"):
         return "torchscript"
+    if path.suffix.lower() in EXTENSIONS:
+        return EXTENSIONS[path.suffix.lower()]
     raise ValueError(f"{path}: cannot tell the format from the extension; pass --format")
 
 
@@ -262,19 +309,56 @@ def main(argv: Sequence[str] | None = None) -> int:
         if out.resolve() == path.resolve():
             raise ValueError(f"{out}: refusing to overwrite the model file")
         net, meta = load_model(path, "cpu")
+        mobile = _mobile_options(args, fmt, meta)
     except (ModelFileError, ValueError) as e:
         parser.exit(2, f"error: {e}\n")
+    missing = _missing_package(fmt)
+    if missing:
+        parser.exit(2, f"error: {missing}\n")
+    written = export(net, fmt, out, meta, mobile)
+    mb = disk_size(written) / 1e6
+    print(f"wrote {written} ({fmt}, {_summary(net, meta, mobile)}, {mb:.1f} MB)")
+    return 0
+
+
+def _mobile_options(args: argparse.Namespace, fmt: str, meta: dict) -> MobileOptions | None:
+    """The mobile options of the command line; ValueError (or ModelFileError for an unknown
+    style) on options that do not apply or do not parse."""
+    from fast_style.core.model_io import style_index
+
+    given = [f"--{k.replace('_', '-')}" for k in ("size", "style") if getattr(args, k)]
+    if args.max_size != DEFAULT_MAX_SIZE:
+        given.append("--max-size")
+    if fmt not in MOBILE_FORMATS:
+        if given:
+            raise ValueError(f"{', '.join(given)}: only for {', '.join(MOBILE_FORMATS)} exports")
+        return None
+    size = parse_size(args.size) if args.size else None
+    if size is None and fmt not in DYNAMIC_FORMATS:
+        raise ValueError(f"{fmt} exports have a fixed size: pass --size HxW (e.g. 512x512)")
+    style = style_index(meta, args.style) if args.style else None
+    return MobileOptions(size, args.max_size, style, args.style)
+
+
+def _missing_package(fmt: str) -> str | None:
+    """The one-line reason ``fmt``'s exporter cannot run here, or None."""
+    if fmt in MOBILE_FORMATS:
+        return missing_runtime(fmt)
     try:
         import onnx  # noqa: F401
     except ImportError:
         if fmt == "onnx":
-            parser.exit(2, "error: ONNX export needs: pip install 'fast_style[export]'\n")
-    written = export(net, fmt, out, meta)
-    mb = written.stat().st_size / 1e6
-    styles = f"{net.num_styles} styles (input {STYLE_INPUT_NAME!r})" if net.num_styles > 1 else ""
-    what = styles or f"style {meta.get('style')!r}"
-    print(f"wrote {written} ({fmt}, {what}, {mb:.1f} MB)")
-    return 0
+            return "ONNX export needs: pip install 'fast_style[export]'"
+    return None
+
+
+def _summary(net: TransformerNet, meta: dict, mobile: MobileOptions | None) -> str:
+    """What the summary line says about styles (and sizes of a mobile export)."""
+    if net.num_styles > 1 and not (mobile and mobile.style is not None):
+        what = f"{net.num_styles} styles (input {STYLE_INPUT_NAME!r})"
+    else:
+        what = f"style {(mobile and mobile.style_name) or meta.get('style')!r}"
+    return f"{what}, {describe_sizes(mobile)}" if mobile else what
 
 
 if __name__ == "__main__":

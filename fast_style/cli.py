@@ -23,7 +23,7 @@ from fast_style import __version__
 COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "train": ("fast_style.train.cli", "train a style network (Hydra overrides)", "train"),
     "stylize": ("fast_style.infer.cli", "stylize photos, folders and huge images", None),
-    "export": ("fast_style.infer.export", "export a model (ONNX, TorchScript, ExecuTorch, LiteRT, CoreML)", None),
+    "export": ("fast_style.infer.export", "export to ONNX, TorchScript or mobile runtimes", None),
     "gatys": ("fast_style.baseline.gatys", "the Gatys et al. optimisation baseline", "train"),
     "evaluate": ("fast_style.evaluate", "evaluate a network against Gatys", "train"),
     "serve": ("fast_style.serve.cli", "the web page and JSON API", "serve"),

@@ -78,10 +78,12 @@ def grid(
     onehot = torch.eye(s.num_styles)
     cols: list[tuple[str, object]] = [("photo", None)]
     for i, name in enumerate(s.style_names):
-        cols.append((f"{name} (shared)", lambda im, i=i: s.stylize_image(im, style=onehot[i])))
+        width = s.meta.get("width") or "shared"  # column titles name each file's width
+        cols.append((f"{name} ({width})", lambda im, i=i: s.stylize_image(im, style=onehot[i])))
         if name in singles:
             single = singles[name]
-            cols.append((f"{name} (single)", lambda im, m=single: m.stylize_image(im)))
+            label = f"{name} ({single.meta.get('width') or 'single'})"
+            cols.append((label, lambda im, m=single: m.stylize_image(im)))
     if s.num_styles > 1:
         a, b = s.style_names[:2]
         mix = (onehot[0] + onehot[1]) / 2

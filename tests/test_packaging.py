@@ -480,7 +480,8 @@ def test_wheel_is_complete(built: Built) -> None:
     assert "fast_style/assets/photos/kodim23.jpg" in names
     assert "fast_style/assets/CREDITS.md" in names
     models = _rel(names, "fast_style/_checkpoints/") - {"__init__.py"}
-    assert models == {f"{p}.safetensors" for p in PAINTINGS | {"starry_night_cpu_demo", "multi"}}
+    shipped = PAINTINGS | {"starry_night_cpu_demo", "multi", "starry_night_nano"}
+    assert models == {f"{p}.safetensors" for p in shipped}
     assert "fast_style/infer/backends/csrc/fused_glue.c" in names
     vendor = {f"vendor/onnxruntime-web/{p.name}" for p in (src / VENDOR).glob("*") if p.is_file()}
     assert _rel(names, "fast_style/serve/web/") == WEB_FILES | vendor
@@ -555,7 +556,7 @@ def test_installed_list_models_console_script(run_installed, site: Path) -> None
     header, *rows = r.proc.stdout.strip().splitlines()
     assert header.split()[0] == "name" and header.split()[-1] == "path"
     listed = {row.split()[0]: row.split()[-1] for row in rows}
-    assert set(listed) == PAINTINGS | {"starry_night_cpu_demo", "multi"}
+    assert set(listed) == PAINTINGS | {"starry_night_cpu_demo", "multi", "starry_night_nano"}
     for name, path in listed.items():
         assert path == str(site / "fast_style" / "_checkpoints" / f"{name}.safetensors")
 

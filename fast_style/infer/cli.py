@@ -255,7 +255,9 @@ def _add_execution_options(p: argparse.ArgumentParser) -> None:
         choices=BACKENDS,
         default="auto",
         help="auto: on CPU the fused kernels (built with the C compiler at first use), else "
-        "ONNX Runtime, else PyTorch; on GPU PyTorch",
+        "ONNX Runtime, else PyTorch; on GPU PyTorch. ort-int8 (opt-in, CPU): ONNX Runtime with "
+        "int8 convolutions, quantised once per model and cached (docs/int8.md); auto uses it "
+        "only for a model whose metadata records int8_psnr_db >= 38",
     )
     g.add_argument(
         "--half",

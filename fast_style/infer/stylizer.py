@@ -24,13 +24,13 @@ and ignores it. How each backend runs them, all in one forward pass:
   per-pixel (1, S, H, W) map, pooled to each layer by the conditional norms;
 * ``fused``: weights folded into the statistics kernel; the painted mask in the apply kernel
   (``fast_style.infer.backends.fused``);
-* ``onnxruntime``: weights are the export's ``style`` input; a painted mask runs in PyTorch
-  (``DeployNet``, as ``eager``): per-pixel maps are no ONNX input.
+* ``onnxruntime``, ``ort-int8``: weights are the export's ``style`` input; a painted mask runs
+  in PyTorch (``DeployNet``, as ``eager``, float): per-pixel maps are no ONNX input.
 
 Tiled inference records the statistics with the same style (weights, or the mask's thumbnail)
-and applies each tile's affine map: weights folded into ``norm_affine`` (fused, ONNX Runtime),
-a painted tile with its crop of the mask (fused: both maps and the mask; PyTorch: the map;
-ONNX Runtime falls back to the PyTorch frozen path).
+and applies each tile's affine map: weights folded into ``norm_affine`` (fused, ONNX Runtime
+fp32 and int8), a painted tile with its crop of the mask (fused: both maps and the mask;
+PyTorch: the map; ONNX Runtime falls back to the PyTorch frozen path).
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ from fast_style.core.network import MIN_SIZE, SIZE_MULTIPLE, TransformerNet
 from fast_style.core.resources import model_dirs
 from fast_style.infer.backends import pick_backend
 from fast_style.infer.backends.ort import OrtRunner
+from fast_style.infer.backends.ort_int8 import Int8Runner
 from fast_style.infer.deploy import DeployNet, PaintedStyle
 from fast_style.infer.postprocess import PostProcess, attach_alpha, check_strength, feather_mask
 from fast_style.infer.tiling import (
@@ -84,6 +85,7 @@ Runner = Callable[..., torch.Tensor]  # (B, 3, H, W) [, norm_affine][, style=] â
 StyleArg = torch.Tensor | PaintedStyle | None  # checked weights (R, S), a painted pair, default
 AUTO_TILE_PIXELS = 2048 * 2048  # stylize_image tiles larger images even without tile=
 AUTO_TILE = 1024
+_ONNX_BACKENDS = ("onnxruntime", "ort-int8")  # no per-pixel style input in their exports
 
 
 def _load(
@@ -186,8 +188,8 @@ class Stylizer:
     ``search_dirs`` (then ``fast_style.core.resources.model_dirs``), or a ``TransformerNet``
     (with ``meta``).
     ``half``: fp16 (``True``/``"fp16"``) or ``"bf16"`` autocast on GPU; ignored on CPU.
-    ``backend``: ``auto`` | ``eager`` | ``compile`` | ``onnxruntime`` | ``fused``
-    (``fast_style.infer.backends``).
+    ``backend``: ``auto`` | ``eager`` | ``compile`` | ``onnxruntime`` | ``fused`` |
+    ``ort-int8`` (``fast_style.infer.backends``; ``auto`` reads the model's metadata for int8).
     Thread-safe: PyTorch forwards are serialised with a lock.
     """
 
@@ -203,8 +205,11 @@ class Stylizer:
         stats_pixels: int = STATS_PIXELS,
     ):
         self.device = resolve_device(device)
-        self.backend = pick_backend(backend, self.device.type)
+        if backend != "auto":
+            self.backend = pick_backend(backend, self.device.type)  # fails before loading
         net, self.meta, self.path = _load(model, meta, search_dirs)
+        if backend == "auto":  # int8 only where the model's metadata records it is close
+            self.backend = pick_backend(backend, self.device.type, self.meta)
         self.net: TransformerNet = net.float().eval().requires_grad_(False).to(self.device)
         # The network as run. CPU: DeployNet, the same function re-parameterised for speed; it
         # shares the instance norms with self.net, so tiled inference can patch them. GPU: the
@@ -227,6 +232,8 @@ class Stylizer:
         tiles of tiled inference (None: built on first use, or PyTorch's frozen norms)."""
         if self.backend == "onnxruntime":
             return OrtRunner(self.net), None
+        if self.backend == "ort-int8":
+            return Int8Runner(self.net), None
         if self.backend == "fused":
             from fast_style.infer.backends.fused import FusedRunner
 
@@ -311,7 +318,7 @@ class Stylizer:
         """The selected backend with a checked style (None: the unchanged one-style path)."""
         if style is None:
             return self._runner(x).to(self.device)
-        if isinstance(style, PaintedStyle) and self.backend == "onnxruntime":
+        if isinstance(style, PaintedStyle) and self.backend in _ONNX_BACKENDS:
             return self._torch_forward(x, style)  # no per-pixel maps in the ONNX export
         return self._runner(x, style=style).to(self.device)
 
@@ -415,9 +422,10 @@ class Stylizer:
         """The tile pass's forward (a tile as ``read`` returns it â†’ stylised (1, 3, h, w)):
         frozen statistics with the tile's style, by backend; contexts entered on ``stack``."""
         painted = style.rows is not None and self.num_styles > 1
-        if self.backend == "fused" or (self.backend == "onnxruntime" and not painted):
+        if self.backend == "fused" or (self.backend in _ONNX_BACKENDS and not painted):
             if self._tile_runner is None:
-                self._tile_runner = OrtRunner(self.net, frozen_norms=True)
+                frozen = Int8Runner if self.backend == "ort-int8" else OrtRunner
+                self._tile_runner = frozen(self.net, frozen_norms=True)
             runner: Runner = self._tile_runner
             affine = pack_norm_affine(self.deploy, stats, style.at_thumb())  # style folded in
 

@@ -10,6 +10,7 @@ import hashlib
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,6 +46,13 @@ def onnx_cache_dir() -> Path:
     return Path(root) / "onnx"
 
 
+def hash_weights(h: hashlib._Hash, net: TransformerNet) -> None:
+    """Feed every weight of ``net`` (names and float32 values, in name order) into ``h``."""
+    for k, v in sorted(net.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
+
+
 def cached_onnx(net: TransformerNet, refresh: bool = False, frozen_norms: bool = False) -> bytes:
     """The ONNX export of ``net``, cached on disk by a hash of its weights and the exporter's
     versions (exporting takes 1-2 s on a small CPU; loading the cached file, milliseconds).
@@ -55,9 +63,7 @@ def cached_onnx(net: TransformerNet, refresh: bool = False, frozen_norms: bool =
 
     key = f"{__version__}/{DEPLOY_VERSION}/{torch.__version__}/{frozen_norms}"
     h = hashlib.sha256(key.encode())
-    for k, v in sorted(net.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
+    hash_weights(h, net)
     path = onnx_cache_dir() / f"{h.hexdigest()[:32]}.onnx"
     if not refresh:
         try:
@@ -94,15 +100,24 @@ class OrtRunner:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         providers = ["CPUExecutionProvider"]
         try:
-            data = cached_onnx(net, frozen_norms=frozen_norms)
-            self.session = ort.InferenceSession(data, opts, providers=providers)
+            data = self._model_bytes(net, frozen_norms, refresh=False)
+            self.session = self._open(ort.InferenceSession(data, opts, providers=providers))
         except Exception:  # a damaged cache file (ORT raises its own exception types)
-            data = cached_onnx(net, refresh=True, frozen_norms=frozen_norms)
-            self.session = ort.InferenceSession(data, opts, providers=providers)
+            data = self._model_bytes(net, frozen_norms, refresh=True)
+            self.session = self._open(ort.InferenceSession(data, opts, providers=providers))
         inputs = self.session.get_inputs()
         self.input_name = inputs[0].name
         # S of the style input (B, S), 0 when the export has none
         self.num_styles = next((int(i.shape[1]) for i in inputs if i.name == STYLE_INPUT_NAME), 0)
+
+    def _model_bytes(self, net: TransformerNet, frozen_norms: bool, refresh: bool) -> bytes:
+        """The serialised model this runner runs (subclasses: another cached form)."""
+        return cached_onnx(net, refresh=refresh, frozen_norms=frozen_norms)
+
+    def _open(self, session: Any) -> Any:
+        """Check a new session (subclasses raise on a cached model they cannot use: it is
+        then rebuilt once) and return it."""
+        return session
 
     def _style_feed(self, style: torch.Tensor | None, batch: int) -> np.ndarray:
         """The ``style`` input (B, S) float32 for ``style`` None, (S,) or (1 | B, S)."""

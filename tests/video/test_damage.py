@@ -120,9 +120,13 @@ def test_an_interruption_leaves_no_file_at_the_output(healthy, tmp_path, error):
 _SLOW = """
 import sys, time
 from fast_style.video import stylize_video
+calls = []
 def fn(x):
+    calls.append(1)
     print("batch", flush=True)
-    time.sleep(0.2)
+    # from the third frame on, slow enough that the signal lands mid-clip however late the
+    # (loaded) test process reads these lines
+    time.sleep(0.2 if len(calls) < 3 else 5)
     return x
 stylize_video(sys.argv[1], sys.argv[2], fn, batch=1, progress=False)
 """

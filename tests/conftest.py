@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -94,6 +95,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
 
 # --- general -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _default_sigint():
+    """Each test starts with Python's Ctrl-C handler. Code run in-process by earlier tests
+    (Lightning's KeyboardInterrupt shutdown sets SIGINT to SIG_IGN) can leave it ignored, and
+    an ignored signal stays ignored in every child process: the Ctrl-C tests' subprocesses
+    would then never see their SIGINT."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from fast_style.core.model_io import load_model, resolve_model
 from fast_style.core.network import TransformerNet
@@ -226,21 +226,9 @@ class DistillDataModule(StyleDataModule):
         teacher, self.teacher_meta, self.teacher_file = load_teacher(d.teacher, device)
         files = self.train_set.files[: d.max_images] if d.max_images else self.train_set.files
         root = resolve_data_path(d.cache_dir) if d.cache_dir else default_cache_root()
-        cache = TeacherCache.build(
-            teacher, self.teacher_file, files, d.cache_size or c.image_size, root
-        )
+        size = d.cache_size or c.image_size
+        cache = TeacherCache.build(teacher, self.teacher_file, files, size, root)
         del teacher
         self.pairs = DistillDataset(cache, c.image_size, flip=d.flip)
-
-    def train_dataloader(self) -> DataLoader:
-        assert self.pairs is not None
-        c = self.cfg
-        return DataLoader(
-            self.pairs,
-            batch_size=c.batch_size,
-            shuffle=True,
-            drop_last=len(self.pairs) >= c.batch_size,
-            num_workers=c.num_workers,
-            pin_memory=c.pin_memory and torch.cuda.is_available(),
-            persistent_workers=c.num_workers > 0,
-        )
+        # The inherited loader serves the pairs; the cache replaces a GPU image bank.
+        self.train_set, self.bank = self.pairs, None  # type: ignore[assignment]

@@ -42,7 +42,7 @@ import torch
 import yaml
 
 from fast_style.core.imaging import list_images, load_rgb, pil_to_tensor, resize_long_side
-from fast_style.core.model_io import load_model
+from fast_style.core.model_io import describe, load_model, read_metadata
 from fast_style.core.network import TransformerNet
 from fast_style.core.resources import config_dir
 from fast_style.infer.allocator import tune_malloc
@@ -238,10 +238,38 @@ def verdict(row: dict) -> str:
     return "yes"
 
 
+def file_sizes(net: TransformerNet, meta: dict) -> dict[str, int]:
+    """Bytes of the network as a float16 and an int8 model file with its metadata ``meta``
+    (``fast-style export --dtype``), and of its ``ort-int8`` ONNX model."""
+    import tempfile
+
+    from fast_style.core.model_io import save_safetensors
+    from fast_style.infer.backends.ort_int8 import cached_int8
+
+    sizes = {"ort_int8_onnx_bytes": len(cached_int8(net))}
+    with tempfile.TemporaryDirectory() as tmp:
+        for dtype in ("float16", "int8"):
+            path = save_safetensors(net, Path(tmp) / f"{dtype}.safetensors", meta, dtype)
+            sizes[f"{dtype}_file_bytes"] = path.stat().st_size
+    return sizes
+
+
+def int8_file_net(net: TransformerNet) -> TransformerNet:
+    """``net`` as read back from an int8 model file (weight-only int8, ``model_io.INT8``)."""
+    import tempfile
+
+    from fast_style.core.model_io import save_safetensors
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_safetensors(net, Path(tmp) / "m.safetensors", describe(net, "x"), "int8")
+        return load_model(path, "cpu")[0]
+
+
 def bench_network(name: str, args: argparse.Namespace, photos: dict) -> dict:
     net, weights = load_network(name, Path(args.nano))
     fp32 = OrtRunner(net, args.threads)
     int8, build_s = timed_quantise(net, DEFAULT_RECIPE, args.threads)
+    weight_only = quality(OrtRunner(int8_file_net(net), args.threads), fp32, photos)
     runners: dict[str, Runner] = {"onnxruntime": fp32, "ort-int8": int8}
     fused = fused_runner(net, args.threads)
     if fused is not None:
@@ -249,6 +277,10 @@ def bench_network(name: str, args: argparse.Namespace, photos: dict) -> dict:
     speed = interleaved(runners, args.repeats)
     q = quality(int8, fp32, photos)
     row = {"network": name, "weights": weights, "int8_build_s": round(build_s, 1), **q}
+    path = Path(args.nano) if name == "nano" else NETWORKS[name]
+    meta = read_metadata(path) if path.is_file() else describe(net, "x")
+    row.update(file_sizes(net, {k: v for k, v in meta.items() if k != "dtype"}))
+    row.update({f"int8_file_{k}": v for k, v in weight_only.items()})
     for backend, t in speed.items():
         row[f"{backend}_s"], row[f"{backend}_cpu_s"] = t["median_s"], t["cpu_s"]
     row["speedup"] = 1 / speed["ort-int8"]["ratio"]
@@ -276,6 +308,19 @@ def print_table(rows: list[dict], env: dict) -> None:
             f"| {r['val_mean']:.2f} / {r['val_min']:.2f} dB "
             f"| {r['kodak_mean']:.2f} / {r['kodak_min']:.2f} dB | {r['passed']}/{r['photos']} "
             f"| {r['int8_default']} |"
+        )
+    print(
+        "\n| network | float16 file | int8 file (weight-only) | its PSNR val mean / min "
+        "| its PSNR Kodak mean / min | ort-int8 ONNX |"
+    )
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['network']} | {r['float16_file_bytes'] / 1e3:.1f} KB "
+            f"| {r['int8_file_bytes'] / 1e3:.1f} KB "
+            f"| {r['int8_file_val_mean']:.2f} / {r['int8_file_val_min']:.2f} dB "
+            f"| {r['int8_file_kodak_mean']:.2f} / {r['int8_file_kodak_min']:.2f} dB "
+            f"| {r['ort_int8_onnx_bytes'] / 1e3:.1f} KB |"
         )
     for r in rows:
         if r["int8_default"] == "yes":

@@ -1,10 +1,13 @@
 """``fast-style evaluate video --model M --input clip.mp4 [--out DIR]``: flicker, measured.
 
-Rows: ``input`` (the floor), ``per-frame`` (the network on each frame alone) and ``temporal``
+Rows: ``input`` (the floor), ``per-frame`` (the network on each frame alone), ``temporal``
 (instance-norm statistics smoothed across frames, ``fast_style.infer.temporal``; one row per
-``--momentum``). For each: E_warp of Lai et al. 2018 with the input clip's DIS flow
-(``fast_style.video.metrics``), frames/s, and the frames' content and style losses under the
-loss the model was trained with (rebuilt from its metadata, as ``fast-style evaluate`` does).
+``--momentum``), ``flow`` (the output blended along the input's motion,
+``fast_style.video.stabilize``; one row per ``--blend``) and both together, the default of
+``stylize.py`` for clips (the first momentum and the first blend). For each: E_warp of Lai et
+al. 2018 with the input clip's DIS flow (``fast_style.video.metrics``), frames/s, and the
+frames' content and style losses under the loss the model was trained with (rebuilt from its
+metadata, as ``fast-style evaluate`` does).
 Then the synthetic benchmark: camera paths over the held-out Kodak photos with exact flow.
 Writes ``results.json``, ``results.md`` and ``strip.png`` under ``--out``.
 """
@@ -30,6 +33,7 @@ from fast_style.video.evaluate import (
     write_report,
 )
 from fast_style.video.io import VideoError
+from fast_style.video.stabilize import DEFAULT_BLEND, FlowStabilizer
 
 LossesFn = Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
 
@@ -63,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--momentum", type=float, nargs="*", default=[DEFAULT_MOMENTUM],
         help=f"temporal rows, one per momentum (default {DEFAULT_MOMENTUM}; none: no row)",
     )  # fmt: skip
+    p.add_argument(
+        "--blend", type=float, nargs="*", default=[DEFAULT_BLEND],
+        help=f"flow rows, one per blend weight (default {DEFAULT_BLEND}; none: no row)",
+    )  # fmt: skip
     p.add_argument("--vgg-weights", help="VGG16 state_dict for the losses (default: the model's)")
     p.add_argument("--no-losses", action="store_true", help="skip the image losses")
     p.add_argument(
@@ -92,25 +100,34 @@ def model_losses(stylizer: Stylizer, vgg_weights: str | None) -> LossesFn:
     return losses
 
 
-def _rows(stylizer: Stylizer, momenta: Sequence[float]) -> dict[str, Callable]:
+def _rows(
+    stylizer: Stylizer, momenta: Sequence[float], blends: Sequence[float]
+) -> dict[str, Callable]:
     rows: dict[str, Callable] = {"input": identity, "per-frame": stylizer.stylize_tensor}
     for m in momenta:
         rows[f"temporal (m={m:g})"] = TemporalStylizer(stylizer, momentum=m)
+    for a in blends:
+        rows[f"flow (α={a:g})"] = FlowStabilizer(stylizer.stylize_tensor, blend=a)
+    if momenta and blends:  # stylize.py's default for clips
+        m, a = momenta[0], blends[0]
+        both = FlowStabilizer(TemporalStylizer(stylizer, momentum=m), blend=a)
+        rows[f"temporal (m={m:g}) + flow (α={a:g})"] = both
     return rows
 
 
 def run(args: argparse.Namespace) -> dict:
     stylizer = Stylizer(args.model, device=args.device, backend=args.backend)
     losses = None if args.no_losses else model_losses(stylizer, args.vgg_weights)
-    rows = _rows(stylizer, args.momentum)
+    rows = _rows(stylizer, args.momentum, args.blend)
     results = evaluate_rows(
         args.input, rows, batch=args.batch, max_frames=args.max_frames, size=args.size,
         losses_fn=losses,
     )  # fmt: skip
     if args.synthetic_frames:
         for row in rows.values():
-            if isinstance(row, TemporalStylizer):
-                row.reset()  # a new clip
+            reset = getattr(row, "reset", None)
+            if callable(reset):
+                reset()  # a new clip
         results["synthetic"] = synthetic_benchmark(
             rows, size=args.synthetic_size, frames=args.synthetic_frames, batch=args.batch,
             losses_fn=losses,

@@ -59,6 +59,12 @@ FORMAT = "fast_style.transformer"
 FORMAT_VERSION = 2
 MODEL_SUFFIXES = (".safetensors", ".ckpt")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# ``dtype="int8"``: every conv weight (4-D) stored as int8, symmetric per output channel, with
+# its float32 scales under ``<key>`` + SCALE_SUFFIX (weight = int8 × scale); the other tensors
+# (biases, norms' γ/β) in float16. Weight-only: the network still computes in float.
+INT8 = "int8"
+SCALE_SUFFIX = ".int8_scale"
+DTYPES = (*_DTYPES, INT8)
 # Where the content digest lives: a safetensors metadata key, a checkpoint's top-level key.
 DIGEST_KEY = "fast_style_sha256"
 MAX_STYLE_NAME = 200  # characters of one style's name in a multi-style file's metadata
@@ -168,17 +174,54 @@ def describe(
     }
 
 
+def int8_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A conv weight (Cout, …) → (int8 of the same shape, float32 scales (Cout,)), symmetric
+    per output channel: scale = max |w| / 127 (1 for an all-zero channel)."""
+    w = w.detach().float().cpu()
+    scale = w.abs().flatten(1).amax(1) / 127.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = (w / scale.view(-1, *[1] * (w.dim() - 1))).round().clamp(-127, 127).to(torch.int8)
+    return q.contiguous(), scale.contiguous()
+
+
+def _stored_state(net: TransformerNet, dtype: str) -> dict[str, torch.Tensor]:
+    """The tensors as written for ``dtype`` (``DTYPES``)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    state: dict[str, torch.Tensor] = {}
+    for k, v in net.state_dict().items():
+        if dtype == INT8 and v.dim() == 4:
+            state[k], state[k + SCALE_SUFFIX] = int8_per_channel(v)
+        else:
+            cast = torch.float16 if dtype == INT8 else _DTYPES[dtype]
+            state[k] = v.detach().to(cast).contiguous().cpu()
+    return state
+
+
+def _dequantized(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """An int8 file's tensors back in float32 (``_stored_state``'s inverse), checked."""
+    out: dict[str, torch.Tensor] = {}
+    for k, v in state.items():
+        if k.endswith(SCALE_SUFFIX):
+            continue
+        scale = state.get(k + SCALE_SUFFIX)
+        if v.dtype == torch.int8:
+            if scale is None or scale.dim() != 1 or scale.shape[0] != v.shape[0]:
+                raise ModelFileError(f"{path}: int8 weight {k} without its per-channel scales")
+            v = v.float() * scale.float().view(-1, *[1] * (v.dim() - 1))
+        out[k] = v
+    return out
+
+
 def save_safetensors(
     net: TransformerNet, path: str | os.PathLike, meta: dict[str, Any], dtype: str = "float32"
 ) -> Path:
-    """Write weights (cast to ``dtype``), metadata and their digest to a ``.safetensors``
-    file, atomically (``fileio.atomic_write``)."""
+    """Write weights (cast to ``dtype``, or ``"int8"``: see ``INT8``), metadata and their
+    digest to a ``.safetensors`` file, atomically (``fileio.atomic_write``)."""
     from safetensors.torch import save_file
 
     path = Path(path)
-    state = {
-        k: v.detach().to(_DTYPES[dtype]).contiguous().cpu() for k, v in net.state_dict().items()
-    }
+    state = _stored_state(net, dtype)
     meta_json = json.dumps({**meta, "dtype": dtype})
     header = {"fast_style": meta_json, DIGEST_KEY: _safetensors_digest(state, meta_json)}
     with atomic_write(path) as tmp:
@@ -295,6 +338,9 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
     except json.JSONDecodeError:
         meta = None
     meta = _check_meta(meta, path)
+    int8 = meta.get("dtype") == INT8
+    if int8:  # the scales are checked against their weights after reading
+        shapes = {k: v for k, v in shapes.items() if not k.endswith(SCALE_SUFFIX)}
     check_shapes(shapes, config_of(meta, path), path)
     try:
         state = load_file(str(path))
@@ -304,6 +350,8 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
     if stored is not None and stored != _safetensors_digest(state, meta_json or ""):
         raise ModelFileError(f"{path}: corrupt file (content digest mismatch)")
     check_finite(state, path)
+    if int8:
+        state = _dequantized(state, path)
     return upgrade_state_dict(state), meta
 
 

@@ -292,13 +292,22 @@ def _add_video_options(p: argparse.ArgumentParser) -> None:
         "--temporal",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="smooth the instance-norm statistics across frames against flicker (default on)",
+        help="against flicker: blend each output with the previous one along the motion "
+        "(and with --momentum smooth the instance-norm statistics too; default on)",
     )
     g.add_argument(
         "--momentum",
         type=float,
         metavar="M",
-        help="with --temporal: weight of the previous frames' statistics, in [0, 1) (default 0.8)",
+        help="with --temporal: also smooth the instance-norm statistics across frames, this "
+        "weight for the previous frames', in [0, 1) (default 0: not smoothed; e.g. 0.8)",
+    )
+    g.add_argument(
+        "--blend",
+        type=float,
+        metavar="A",
+        help="with --temporal: weight of the previous output warped along the motion, in "
+        "[0, 1) (default 0.55; 0: only the statistics are smoothed)",
     )
 
 
@@ -332,6 +341,8 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error("--quality must be between 1 and 100")
     if a.momentum is not None and not 0.0 <= a.momentum < 1.0:
         p.error(f"--momentum must be in [0, 1), got {a.momentum}")
+    if a.blend is not None and not 0.0 <= a.blend < 1.0:
+        p.error(f"--blend must be in [0, 1), got {a.blend}")
     if a.crf is not None and not 0 <= a.crf <= 63:
         p.error(f"--crf must be between 0 and 63, got {a.crf}")
 
@@ -730,7 +741,7 @@ def _clip_options(args: argparse.Namespace, plan: Plan, model: ModelChoice) -> C
     return ClipOptions(
         style=style, strength=args.strength, preserve_color=args.preserve_color,
         match_histogram=args.match_histogram, mask=plan.mask, tile=args.tile,
-        overlap=args.overlap, temporal=args.temporal, momentum=args.momentum,
+        overlap=args.overlap, temporal=args.temporal, momentum=args.momentum, blend=args.blend,
     )  # fmt: skip
 
 

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fast_style.core.fileio import atomic_write
+from fast_style.core.model_io import DTYPES
 from fast_style.core.network import (
     ConditionalInstanceNorm,
     Style,
@@ -65,7 +66,7 @@ from fast_style.infer.export_mobile import (
     parse_size,
 )
 
-FORMATS = ("onnx", "torchscript", *MOBILE_FORMATS)
+FORMATS = ("onnx", "torchscript", "safetensors", *MOBILE_FORMATS)
 # Every op the exported graph may contain (checked by the tests): plain tensor ops and shape
 # arithmetic that ONNX converters handle. MatMul (multi-style models: style weights (B, S) times
 # a layer's (S, C) γ/β table) is a core op of TensorRT, CoreML, TFLite and OpenVINO alike.
@@ -223,18 +224,34 @@ def export_torchscript(
     return path
 
 
+def export_safetensors(
+    net: TransformerNet, path: str | os.PathLike, meta: dict | None, dtype: str
+) -> Path:
+    """The model file again, its weights in ``dtype``: ``float16`` halves it, ``int8``
+    (weight-only, per output channel: ``model_io.INT8``) quarters its conv weights."""
+    from fast_style.core.model_io import describe, save_safetensors
+
+    info = dict(meta) if meta else describe(net, style="unknown")
+    info.pop("dtype", None)
+    return save_safetensors(net, path, info, dtype=dtype)
+
+
 def export(
     net: TransformerNet,
     fmt: str,
     path: str | os.PathLike,
     meta: dict | None = None,
     mobile: MobileOptions | None = None,
+    dtype: str = "float16",
 ) -> Path:
-    """Export in ``fmt`` (``FORMATS``); ``mobile``: size and style of a mobile export."""
+    """Export in ``fmt`` (``FORMATS``); ``mobile``: size and style of a mobile export;
+    ``dtype``: the weights of a ``safetensors`` model file (``model_io.DTYPES``)."""
     if fmt == "onnx":
         return export_onnx(net, path, meta)
     if fmt == "torchscript":
         return export_torchscript(net, path, meta)
+    if fmt == "safetensors":
+        return export_safetensors(net, path, meta, dtype)
     if fmt in MOBILE_FORMATS:
         return export_mobile(net, fmt, path, meta, mobile)
     raise ValueError(f"unknown export format {fmt!r} (choose from {', '.join(FORMATS)})")
@@ -243,8 +260,9 @@ def export(
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fast-style export",
-        description="Export a fast_style model to ONNX or TorchScript (dynamic batch, H, W), or "
-        "to ExecuTorch, TFLite or CoreML for phones (docs/mobile.md).",
+        description="Export a fast_style model to ONNX or TorchScript (dynamic batch, H, W), "
+        "to ExecuTorch, TFLite or CoreML for phones (docs/mobile.md), or to a smaller model file "
+        "(safetensors in float16 or int8).",
     )
     p.add_argument(
         "--model", required=True, help=".ckpt, .safetensors or a style name in checkpoints/"
@@ -254,7 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=FORMATS,
         default=None,
         help="default: from the output's extension (.onnx → onnx, .pt/.ts → torchscript, "
-        ".pte → executorch, .tflite → tflite, .mlpackage → coreml)",
+        ".safetensors → safetensors, .pte → executorch, .tflite → tflite, .mlpackage → coreml)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=None,
+        help="safetensors only: the weights' type (default float16; int8: conv weights in 8 "
+        "bits per output channel, the network still computes in float)",
     )
     p.add_argument("--output", required=True, help="file to write")
     p.add_argument("--models-dir", action="append", default=[], help="extra folder for style names")
@@ -290,6 +315,8 @@ def _format_for(path: Path, fmt: str | None) -> str:
         return "onnx"
     if path.suffix.lower() in (".pt", ".ts", ".torchscript", ".jit"):
         return "torchscript"
+    if path.suffix.lower() == ".safetensors":
+        return "safetensors"
     if path.suffix.lower() in EXTENSIONS:
         return EXTENSIONS[path.suffix.lower()]
     raise ValueError(f"{path}: cannot tell the format from the extension; pass --format")
@@ -310,14 +337,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"{out}: refusing to overwrite the model file")
         net, meta = load_model(path, "cpu")
         mobile = _mobile_options(args, fmt, meta)
+        if args.dtype is not None and fmt != "safetensors":
+            raise ValueError(f"--dtype applies to safetensors model files, not {fmt}")
     except (ModelFileError, ValueError) as e:
         parser.exit(2, f"error: {e}\n")
     missing = _missing_package(fmt)
     if missing:
         parser.exit(2, f"error: {missing}\n")
-    written = export(net, fmt, out, meta, mobile)
-    mb = disk_size(written) / 1e6
-    print(f"wrote {written} ({fmt}, {_summary(net, meta, mobile)}, {mb:.1f} MB)")
+    dtype = args.dtype or "float16"
+    written = export(net, fmt, out, meta, mobile, dtype)
+    size = disk_size(written)
+    shown = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} KB"
+    what = _summary(net, meta, mobile) + (f", {dtype}" if fmt == "safetensors" else "")
+    print(f"wrote {written} ({fmt}, {what}, {shown})")
     return 0
 
 

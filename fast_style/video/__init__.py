@@ -5,7 +5,9 @@
 * ``is_video``, ``probe`` / ``VideoInfo``, ``read_clip``, ``iter_frames`` (``io``);
   ``encoder_settings`` and ``ClipWriter`` (``encode``);
 * synthetic camera-path clips with exact flow (``clips``), the warping error of Lai et al. 2018
-  (``metrics``) and its report (``evaluate``).
+  (``metrics``) and its report (``evaluate``);
+* ``FlowStabilizer`` (``stabilize``, needs OpenCV): any frame function's output blended with
+  the previous one along the input's motion, against flicker.
 
 The network is any callable ``(B, 3, H, W) float [0, 1] → the same``: the package imports only
 ``fast_style.core`` (and ``fast_style.infer`` lazily, in ``evaluate.main``).

@@ -1,9 +1,11 @@
+import contextlib
 import json
 
 import pytest
 import torch
 
 from fast_style.core.model_io import (
+    SCALE_SUFFIX,
     ModelFileError,
     describe,
     find_models,
@@ -12,6 +14,15 @@ from fast_style.core.model_io import (
     save_safetensors,
 )
 from fast_style.core.network import TransformerNet
+
+
+@contextlib.contextmanager
+def safe_open_meta(path):
+    """The ``fast_style`` metadata string of a safetensors file."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        yield f.metadata()["fast_style"]
 
 
 @pytest.fixture
@@ -39,6 +50,48 @@ def test_float16_export_is_close(saved, tmp_path):
     x = torch.rand(1, 3, 16, 16)
     with torch.no_grad():
         assert (loaded(x) - net(x)).abs().max() < 2e-2
+
+
+def test_int8_files_are_a_quarter_of_the_conv_weights_and_close(saved, tmp_path):
+    from safetensors import safe_open
+
+    net, path = saved
+    small = save_safetensors(net, tmp_path / "q.safetensors", describe(net, "q"), dtype="int8")
+    loaded, meta = load_model(small)
+    assert meta["dtype"] == "int8"
+    with safe_open(str(small), framework="pt") as f:
+        w = f.get_tensor("encoder.conv1.conv.weight")
+        scale = f.get_tensor("encoder.conv1.conv.weight" + SCALE_SUFFIX)
+        bias = f.get_tensor("encoder.conv1.conv.bias")
+    assert w.dtype == torch.int8 and scale.shape == (w.shape[0],) and bias.dtype == torch.float16
+    assert int(w.abs().flatten(1).amax(1).min()) == 127  # each channel uses its full range
+    conv_weights = sum(v.numel() for v in net.state_dict().values() if v.dim() == 4)
+    # 4 bytes a conv weight → 1 (less the scales and their header entries)
+    assert small.stat().st_size < path.stat().st_size - 2.5 * conv_weights
+    ref = net.encoder.conv1.conv.weight
+    err = (loaded.encoder.conv1.conv.weight - ref).abs().flatten(1).amax(1)
+    assert bool((err <= ref.abs().flatten(1).amax(1) / 254 + 1e-7).all())  # half a step at most
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert (loaded(x) - net(x)).abs().max() < 3e-2
+
+
+def test_an_int8_file_without_its_scales_is_refused(saved, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    net, _ = saved
+    small = save_safetensors(net, tmp_path / "q.safetensors", describe(net, "q"), dtype="int8")
+    with safe_open_meta(small) as meta:
+        state = load_file(str(small))
+        del state["encoder.conv1.conv.weight" + SCALE_SUFFIX]
+        save_file(state, str(tmp_path / "cut.safetensors"), metadata={"fast_style": meta})
+    with pytest.raises(ModelFileError, match="without its per-channel scales"):
+        load_model(tmp_path / "cut.safetensors")
+
+
+def test_unknown_dtypes_are_refused(saved, tmp_path):
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        save_safetensors(saved[0], tmp_path / "x.safetensors", {}, dtype="int4")
 
 
 def test_checkpoint_loads_without_unpickling_code(smoke_run):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from fast_style.core.model_io import load_model
 from fast_style.core.network import TransformerNet
 from fast_style.infer.export import CONVERTER_SAFE_OPS, DeployNet, main
 from tests._stylize_helpers import save_tiny, tiny_net
@@ -88,6 +89,22 @@ def test_full_width_network_exports(tmp_path):
     with torch.no_grad():
         ref = net(x).numpy()
     np.testing.assert_allclose(session.run(None, {"image": x.numpy()})[0], ref, atol=1e-4, rtol=0)
+
+
+def test_safetensors_export_rewrites_the_model_file_in_int8(model_file, tmp_path, capsys):
+    out = tmp_path / "small.safetensors"
+    assert main(["--model", str(model_file), "--output", str(out), "--dtype", "int8"]) == 0
+    assert "int8" in capsys.readouterr().out
+    net, meta = load_model(model_file)
+    small, small_meta = load_model(out)
+    assert small_meta["dtype"] == "int8" and small_meta["style"] == meta["style"]
+    assert out.stat().st_size < 0.4 * model_file.stat().st_size
+    x = torch.rand(1, 3, 24, 24)
+    with torch.no_grad():
+        assert (small(x) - net(x)).abs().max() < 5e-2
+    with pytest.raises(SystemExit) as e:  # --dtype is for model files only
+        main(["--model", str(model_file), "--output", str(tmp_path / "x.onnx"), "--dtype", "int8"])
+    assert e.value.code == 2 and "--dtype applies to safetensors" in capsys.readouterr().err
 
 
 def test_export_errors_are_one_line_and_exit_2(model_file, tmp_path, capsys):

@@ -61,15 +61,18 @@ def test_the_command_line_with_a_shipped_model(mp4_clip, tmp_path, capsys, rando
     out = tmp_path / "eval"
     argv = ["--model", str(model), "--input", str(mp4_clip.path), "--out", str(out)]
     argv += ["--max-frames", "8", "--device", "cpu", "--synthetic-frames", "3"]
-    argv += ["--vgg-weights", str(random_vgg_file), "--momentum", "0.8"]
+    argv += ["--vgg-weights", str(random_vgg_file), "--momentum", "0.8", "--blend", "0.6"]
     assert main([*argv, "--synthetic-size", "32x20"]) == 0
     data = json.loads((out / "results.json").read_text())
     by = {r["name"]: r for r in data["rows"]}
-    assert data["frames"] == 8 and set(by) == {"input", "per-frame", "temporal (m=0.8)"}
+    both = "temporal (m=0.8) + flow (α=0.6)"
+    assert data["frames"] == 8
+    assert set(by) == {"input", "per-frame", "temporal (m=0.8)", "flow (α=0.6)", both}
     assert by["per-frame"]["e_warp"] > by["input"]["e_warp"]
     assert set(by["per-frame"]["losses"]) == {"content", "style"}
     assert by["input"]["losses"]["content"] == 0.0  # the input is its own content
-    assert "| temporal (m=0.8) |" in capsys.readouterr().out
+    assert by["flow (α=0.6)"]["e_warp"] < by["per-frame"]["e_warp"]
+    assert f"| {both} |" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("bad", ["input", "model"])

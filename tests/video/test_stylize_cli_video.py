@@ -17,6 +17,7 @@ from fast_style.infer.cli import main
 from fast_style.infer.clip_jobs import ClipOptions, ClipStylizer
 from fast_style.infer.stylizer import Stylizer
 from fast_style.video import iter_frames, probe
+from fast_style.video.stabilize import FlowStabilizer
 from tests.video.conftest import audio_packets, video_codec, video_times
 
 
@@ -86,12 +87,33 @@ def test_codec_and_crf_options(mp4_clip, tiny_model, tmp_path):
 
 def test_temporal_is_the_default_and_can_be_switched_off(mp4_clip, tiny_model, tmp_path):
     base = ["--model", str(tiny_model), "--input", str(mp4_clip.path), "-q"]
-    on, off, m0 = tmp_path / "on.mkv", tmp_path / "off.mkv", tmp_path / "m0.mkv"
-    for out, extra in ((on, []), (off, ["--no-temporal"]), (m0, ["--momentum", "0"])):
+    runs = {
+        "on": [],
+        "off": ["--no-temporal"],
+        "zero": ["--momentum", "0", "--blend", "0"],  # both stabilisers at zero weight
+        "norms": ["--blend", "0", "--momentum", "0.8"],  # the statistics smoothed, no blend
+    }
+    frames = {}
+    for name, extra in runs.items():
+        out = tmp_path / f"{name}.mkv"
         assert main([*base, "--output", str(out), "--crf", "0", "--codec", "h264", *extra]) == 0
-    fon, foff, fm0 = _frames(on).astype(int), _frames(off).astype(int), _frames(m0).astype(int)
-    assert np.abs(fm0 - foff).max() <= 2  # momentum 0 is per-frame (up to coding)
-    assert np.abs(fon[1:] - foff[1:]).mean() > np.abs(fm0[1:] - foff[1:]).mean()
+        frames[name] = _frames(out).astype(int)[1:]  # the first frame has no previous one
+    off = frames["off"]
+    assert np.abs(frames["zero"] - off).max() <= 2  # zero weights: per-frame (up to coding)
+    zero_diff = np.abs(frames["zero"] - off).mean()
+    assert np.abs(frames["norms"] - off).mean() > zero_diff
+    assert np.abs(frames["on"] - off).mean() > zero_diff  # the default blends
+
+
+def test_blend_is_checked_and_its_help_gives_the_default(capsys):
+    from fast_style.video.stabilize import DEFAULT_BLEND
+
+    with pytest.raises(SystemExit):
+        main(["--model", "x", "--input", "a.mp4", "--blend", "1.5"])
+    assert "--blend must be in [0, 1)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert f"(default {DEFAULT_BLEND:g};" in " ".join(capsys.readouterr().out.split())
 
 
 def test_the_frame_function_applies_the_photo_options(tiny_model):
@@ -99,6 +121,8 @@ def test_the_frame_function_applies_the_photo_options(tiny_model):
     x = torch.rand(2, 3, 24, 32)
     plain = ClipStylizer(st, ClipOptions(temporal=False))(x)
     torch.testing.assert_close(plain, st.forward(x).clamp(0, 1))
+    assert isinstance(ClipStylizer(st, ClipOptions()).network, FlowStabilizer)  # the default
+    assert not isinstance(ClipStylizer(st, ClipOptions(blend=0.0)).network, FlowStabilizer)
     half = ClipStylizer(st, ClipOptions(temporal=False, strength=0.0))(x)
     torch.testing.assert_close(half, x, atol=2e-3, rtol=0)  # strength 0: the frame itself
     black = Image.new("L", (64, 48), 0)  # mask black: the photo everywhere

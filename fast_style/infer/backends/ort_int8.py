@@ -73,7 +73,7 @@ from fast_style.infer.deploy import NORM_INPUT_NAME, STYLE_INPUT_NAME
 
 log = logging.getLogger(__name__)
 
-INT8_VERSION = 1  # bump when this module's output changes (invalidates cached models)
+INT8_VERSION = 2  # bump when this module's output changes (invalidates cached models)
 INT8_PSNR_KEY = "int8_psnr_db"  # model metadata: the measured PSNR (dB) of int8 against fp32
 INT8_MIN_PSNR_DB = 38.0  # the least PSNR for which ``auto`` uses int8
 META_KEY = "fast_style_int8"  # the quantised model's metadata_props entry (recipe, tables)
@@ -94,7 +94,10 @@ class Int8Recipe:
     ``per_channel``: int8 weights per output channel (else per tensor).
     ``equalise``: rescale the convs feeding instance norms first (module docstring).
     ``symmetric``: int8 activations symmetric around 0 (else uint8 with a zero point).
-    ``quantize_adds``: the residual blocks' skip additions in int8 too (``QLinearAdd``)."""
+    ``quantize_adds``: the residual blocks' skip additions in int8 too (``QLinearAdd``).
+    ``compact``: the file made small (``compact_model``): the float groups' conv weights stored
+    in int8 too (weight-only: dequantised on load, computed in float32), short tensor names, no
+    shape annotations."""
 
     float_groups: tuple[str, ...] = ("encoder", "decoder", "output")
     calibration: str = "percentile"
@@ -103,6 +106,7 @@ class Int8Recipe:
     equalise: bool = True
     symmetric: bool = False
     quantize_adds: bool = False
+    compact: bool = True
 
     def __post_init__(self) -> None:
         bad = [g for g in self.float_groups if g not in GROUPS]
@@ -385,17 +389,72 @@ def quantize_int8(
         nodes = int8_nodes(onnx.load(str(pre)), net, recipe)
         _quantize_file(pre, dst, nodes, feeds, recipe)
         model = onnx.load(str(dst))
+    if recipe.compact:
+        compact_model(model)
+    info: dict[str, Any] = {"int8_version": INT8_VERSION, "recipe": json.loads(recipe.key())}
+    if frozen_norms:  # only the frozen-norm graph takes norm affines, which need the tables
+        info["norm_scale"], info["norm_mean"] = scale.tolist(), mean.tolist()
     entry = model.metadata_props.add()
-    entry.key = META_KEY
-    entry.value = json.dumps(
-        {
-            "int8_version": INT8_VERSION,
-            "recipe": json.loads(recipe.key()),
-            "norm_scale": scale.tolist(),
-            "norm_mean": mean.tolist(),
-        }
-    )
+    entry.key, entry.value = META_KEY, json.dumps(info)
     return model.SerializeToString()
+
+
+def weight_only_int8(model: Any) -> int:
+    """Every ``Conv`` of the ONNX ``model`` whose weight is still a float32 initializer gets it
+    as int8, symmetric per output channel (scale = max |w| / 127), behind a
+    ``DequantizeLinear``: the conv still computes in float32, with weights rounded to 8 bits.
+    In place; returns how many weights were converted."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    added, count = [], 0
+    for node in graph.node:
+        w_init = inits.get(node.input[1]) if node.op_type == "Conv" else None
+        if w_init is None or w_init.data_type != TensorProto.FLOAT:
+            continue
+        w = numpy_helper.to_array(w_init)
+        scale = np.abs(w).reshape(w.shape[0], -1).max(1) / 127.0
+        scale[scale == 0] = 1.0  # an all-zero channel stays zero
+        q = np.clip(np.round(w / scale.reshape(-1, *[1] * (w.ndim - 1))), -127, 127)
+        name = w_init.name
+        graph.initializer.remove(w_init)
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(q.astype(np.int8), f"{name}_q"),
+                numpy_helper.from_array(scale.astype(np.float32), f"{name}_s"),
+            ]
+        )
+        dq = [f"{name}_q", f"{name}_s"]  # no zero point: symmetric (it defaults to 0)
+        added.append(helper.make_node("DequantizeLinear", dq, [name], axis=0))
+        count += w.size
+    for i, node in enumerate(added):  # they read initializers only: first is topological
+        graph.node.insert(i, node)
+    return count
+
+
+def compact_model(model: Any) -> None:
+    """The int8 ONNX ``model`` made small, in place: float conv weights to int8
+    (``weight_only_int8``), the quantisation tools' shape annotations and the node names
+    dropped, and every inner tensor renamed to a short id (the graph's inputs and outputs keep
+    theirs). The same computation: names are labels and ONNX Runtime infers shapes again."""
+    weight_only_int8(model)
+    graph = model.graph
+    del graph.value_info[:]
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output}
+    names: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in keep:
+            return name
+        return names.setdefault(name, f"t{len(names):x}")
+
+    for t in graph.initializer:
+        t.name = short(t.name)
+    for node in graph.node:
+        node.name, node.doc_string = "", ""  # names are optional in ONNX
+        node.input[:] = [short(n) for n in node.input]
+        node.output[:] = [short(n) for n in node.output]
 
 
 def int8_cache_path(net: TransformerNet, recipe: Int8Recipe, frozen_norms: bool) -> Path:
@@ -469,8 +528,9 @@ class Int8Runner(OrtRunner):
         info = json.loads(session.get_modelmeta().custom_metadata_map[META_KEY])
         if info.get("int8_version") != INT8_VERSION:
             raise ValueError("an int8 model of another version")
-        self.norm_scale = torch.tensor(info["norm_scale"], dtype=torch.float32)
-        self.norm_mean = torch.tensor(info["norm_mean"], dtype=torch.float32)
+        if "norm_scale" in info:  # only frozen-norm models carry the tables
+            self.norm_scale = torch.tensor(info["norm_scale"], dtype=torch.float32)
+            self.norm_mean = torch.tensor(info["norm_mean"], dtype=torch.float32)
         return session
 
     def __call__(

@@ -1,0 +1,126 @@
+"""The flow stabiliser: it removes the flicker a frame function adds, leaves a steady one alone,
+restarts at a scene cut, keeps texture contrast, and blend 0 changes nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fast_style.video.clips import render_camera_path
+from fast_style.video.metrics import evaluate_exact
+from fast_style.video.stabilize import FlowStabilizer, flow_grid, restore_contrast
+
+SIZE = (96, 64)
+
+
+@pytest.fixture(scope="module")
+def pan():
+    return render_camera_path(None, SIZE, 8, "pan")
+
+
+def _tensor(frames: np.ndarray) -> torch.Tensor:
+    """(T, H, W, 3) uint8 → (T, 3, H, W) float in [0, 1]."""
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+
+
+class Flicker:
+    """A frame function with a new random texture on every frame (what a style network's
+    shimmer looks like to the metric): x + 0.15 · noise_t."""
+
+    def __init__(self) -> None:
+        self.g = torch.Generator().manual_seed(0)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x + 0.15 * torch.randn(x.shape, generator=self.g)).clamp(0, 1)
+
+
+def _run(fn, frames: torch.Tensor, batch: int = 4) -> torch.Tensor:
+    return torch.cat([fn(b) for b in frames.split(batch)])
+
+
+def _e_warp(out: torch.Tensor, path) -> float:
+    return evaluate_exact(list(out), path.flows, path.masks)["e_warp"]
+
+
+def test_blend_zero_is_the_frame_function_exactly(pan):
+    x = _tensor(pan.frames)
+    torch.testing.assert_close(_run(FlowStabilizer(torch.sqrt, blend=0.0), x), x.sqrt())
+
+
+def test_it_removes_the_flicker_a_frame_function_adds(pan):
+    x = _tensor(pan.frames)
+    plain = _e_warp(_run(Flicker(), x), pan)
+    stable = _e_warp(_run(FlowStabilizer(Flicker()), x), pan)
+    flat = _e_warp(_run(FlowStabilizer(Flicker(), restore=False), x), pan)
+    assert stable < 0.6 * plain  # the default α = 0.55 leaves about 1 − α of it
+    assert flat < stable  # restoring the contrast gives some of it back ...
+    higher = _e_warp(_run(FlowStabilizer(Flicker(), blend=0.9), x), pan)
+    assert higher < stable  # ... and a larger α removes more
+
+
+def test_a_steady_frame_function_is_left_alone(pan):
+    x = _tensor(pan.frames)
+    out = _run(FlowStabilizer(torch.sqrt), x)
+    assert (out - x.sqrt()).abs().mean() < 0.01  # no ghosts where the output already moves
+    assert _e_warp(out, pan) < 2 * _e_warp(x.sqrt(), pan) + 1e-4
+
+
+def test_a_scene_cut_restarts_the_filter(pan):
+    x = _tensor(pan.frames)
+    cut = torch.cat([x[:4], x[4:].flip(-2)])  # frames 4… show another scene
+    fn = Flicker()
+    out = _run(FlowStabilizer(fn), cut)
+    torch.testing.assert_close(out[:1], Flicker()(cut)[:1])  # the first frame is the network's
+    ref = Flicker()
+    raw = torch.cat([ref(b) for b in cut.split(4)])
+    assert (out[4] - raw[4]).abs().mean() < 0.2 * (out[3] - raw[3]).abs().mean()
+
+
+def test_batches_state_reset_and_a_new_size():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(6, 3, 24, 40, generator=g)
+    one, four = FlowStabilizer(torch.sqrt), FlowStabilizer(torch.sqrt)
+    torch.testing.assert_close(_run(one, x, 1), _run(four, x, 4))  # state spans the calls
+    four.reset()
+    torch.testing.assert_close(four(x[:1]), x[:1].sqrt())  # after reset: the network's own
+    torch.testing.assert_close(four(x[:1, :, :16]), x[:1, :, :16].sqrt())  # a new size restarts
+
+
+def test_flow_grid_pulls_along_the_flow_scaled_to_the_frame():
+    img = torch.rand(1, 3, 16, 24)
+    grid, inside = flow_grid(np.zeros((8, 12, 2), np.float32), (16, 24), torch.device("cpu"))
+    torch.testing.assert_close(F.grid_sample(img, grid, align_corners=True), img)
+    assert inside.all()
+    shift = np.zeros((8, 12, 2), np.float32)
+    shift[..., 0] = 1.0  # one pixel at half size: two at full size
+    grid, inside = flow_grid(shift, (16, 24), torch.device("cpu"))
+    pulled = F.grid_sample(img, grid, align_corners=True)
+    torch.testing.assert_close(pulled[..., :-2], img[..., 2:])
+    assert not inside[..., -2:].any() and inside[..., :-2].all()
+
+
+def test_restore_contrast_gives_an_average_of_textures_its_contrast_back():
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.rand(1, 3, 32, 32, generator=g), torch.rand(1, 3, 32, 32, generator=g)
+    torch.testing.assert_close(restore_contrast(a, a), a)  # nothing to restore
+    avg = (a + b) / 2
+    restored = restore_contrast(avg, a)
+    assert avg.std() < 0.8 * a.std() and restored.std() > 0.9 * a.std()
+    # Never flattens: with a flatter reference, the blend is kept as it is.
+    torch.testing.assert_close(restore_contrast(a, torch.full_like(a, 0.5)), a)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [({"blend": 1.0}, "blend"), ({"blend": -0.1}, "blend"), ({"tolerance": 0.0}, "tolerance")],
+)
+def test_bad_parameters_are_refused(kw, match):
+    with pytest.raises(ValueError, match=match):
+        FlowStabilizer(torch.sqrt, **kw)
+
+
+def test_an_unknown_flow_preset_is_refused():
+    with pytest.raises(ValueError, match="preset must be one of"):
+        FlowStabilizer(torch.sqrt, preset="slow")

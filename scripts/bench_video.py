@@ -9,7 +9,9 @@ sound remuxed) when present, else a synthetic 640×360 camera path over a Kodak 
 tone. Each round times the network alone (``Stylizer.stylize_tensor`` on the decoded frames, in
 batches of ``--batch``) and then the whole pipeline, back to back, so that a busy host slows
 both alike; the table gives the medians and the median per-round ratio. Target (issue): end to
-end within 15 % of the network's frame rate. Prints Markdown; ``--json`` writes the rows.
+end within 15 % of the network's frame rate. ``--stabilise`` runs the pipeline with
+``stylize.py``'s default frame function for clips (the flow blend) instead of the bare network.
+Prints Markdown; ``--json`` writes the rows.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from fast_style.core.fileio import atomic_write
 from fast_style.core.imaging import pil_to_tensor
 from fast_style.core.resources import shipped_models_dir
 from fast_style.infer.allocator import tune_malloc
+from fast_style.infer.clip_jobs import ClipOptions, ClipStylizer
 from fast_style.infer.stylizer import Stylizer
 from fast_style.video import (
     ClipWriter,
@@ -92,14 +95,17 @@ def network_fps(st: Stylizer, frames: list[Image.Image], batch: int) -> float:
 
 
 def pipeline_fps(
-    st: Stylizer, clip: Path, out: Path, batch: int, codec: str | None
+    st: Stylizer, clip: Path, out: Path, batch: int, codec: str | None, stabilise: bool = False
 ) -> tuple[float, float]:
-    """(frames/s end to end, share of the wall time spent inside the network)."""
+    """(frames/s end to end, share of the wall time spent inside the frame function): the
+    network alone, or with ``stabilise`` stylize.py's default frame function for clips
+    (``ClipStylizer``: the output blended along the motion, ``fast_style.video.stabilize``)."""
     inside = [0.0]
+    frame_fn = ClipStylizer(st, ClipOptions()) if stabilise else st.stylize_tensor
 
     def fn(x: torch.Tensor) -> torch.Tensor:
         t0 = time.perf_counter()
-        y = st.stylize_tensor(x)
+        y = frame_fn(x)
         inside[0] += time.perf_counter() - t0
         return y
 
@@ -119,7 +125,9 @@ def bench_model(name: str, clip: Path, args: argparse.Namespace, tmp: Path) -> d
             if which == "net":
                 nets.append(network_fps(st, frames, args.batch))
             else:
-                fps, share = pipeline_fps(st, clip, tmp / f"out{ext}", args.batch, args.codec)
+                fps, share = pipeline_fps(
+                    st, clip, tmp / f"out{ext}", args.batch, args.codec, args.stabilise
+                )
                 pipes.append(fps)
                 shares.append(share)
     ratios = [p / n for p, n in zip(pipes, nets, strict=True)]
@@ -140,6 +148,12 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--models", default="full,slim")
     p.add_argument("--codec", default=None, help="h264 (mp4, default) or vp9 (mkv)")
+    p.add_argument(
+        "--stabilise",
+        action="store_true",
+        help="end to end with stylize.py's default for clips (the flow blend), not the bare "
+        "network",
+    )
     p.add_argument("--json", type=Path, default=Path("outputs/bench_video.json"))
     args = p.parse_args()
     tune_malloc()  # as the command-line tools do (fast_style.infer.allocator)

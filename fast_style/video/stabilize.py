@@ -128,11 +128,11 @@ class FlowStabilizer:
         if self.blend > 0 and prev is not None and prev.frame.shape == x.shape:
             flow = self.dis.calc(gray, prev.gray, None)  # gray(p) ≈ prev.gray(p + flow(p))
             grid, inside = flow_grid(flow, x.shape[-2:], x.device)
-            # the output bicubic (repeated warps would blur it bilinearly); the input, only
-            # compared with, bilinear
-            kw = {"padding_mode": "border", "align_corners": True}
-            po = F.grid_sample(prev.output, grid, mode="bicubic", **kw)
-            px = F.grid_sample(prev.frame, grid, mode="bilinear", **kw)
+            pulled = F.grid_sample(
+                torch.cat([prev.frame, prev.output], 1), grid, mode="bicubic",
+                padding_mode="border", align_corners=True,
+            )  # fmt: skip
+            px, po = pulled.split(3, 1)
             d = _box(((x - px) ** 2).mean(1, keepdim=True), 1)
             c = torch.exp(-d / self.tolerance**2) * inside
             b = y + self.blend * c * (po - y)
@@ -178,8 +178,13 @@ def _box(x: torch.Tensor, r: int) -> torch.Tensor:
     slices (several times faster on CPU than ``avg_pool2d``)."""
     p = F.pad(x, (r, r, r, r), mode="replicate")
     h, w = x.shape[-2:]
-    rows = sum(p[..., :, i : i + w] for i in range(2 * r + 1))
-    return sum(rows[..., i : i + h, :] for i in range(2 * r + 1)) / (2 * r + 1) ** 2
+    rows = p[..., :, 0:w].clone()
+    for i in range(1, 2 * r + 1):
+        rows += p[..., :, i : i + w]
+    out = rows[..., 0:h, :].clone()
+    for i in range(1, 2 * r + 1):
+        out += rows[..., i : i + h, :]
+    return out / (2 * r + 1) ** 2
 
 
 def restore_contrast(

@@ -124,3 +124,15 @@ def test_bad_parameters_are_refused(kw, match):
 def test_an_unknown_flow_preset_is_refused():
     with pytest.raises(ValueError, match="preset must be one of"):
         FlowStabilizer(torch.sqrt, preset="slow")
+
+
+@pytest.mark.parametrize("r", [1, 2])
+def test_local_means_are_box_filters_with_replicated_borders(r):
+    from fast_style.video.stabilize import _box
+
+    x = torch.rand(1, 3, 20, 30, generator=torch.Generator().manual_seed(4))
+    k = 2 * r + 1
+    inner = (..., slice(r, -r), slice(r, -r))
+    torch.testing.assert_close(_box(x, r)[inner], F.avg_pool2d(x, k, 1, r)[inner])
+    padded = F.pad(x, (r, r, r, r), mode="replicate")
+    torch.testing.assert_close(_box(x, r), F.avg_pool2d(padded, k, 1))

@@ -31,7 +31,6 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -42,7 +41,7 @@ import torch
 import yaml
 
 from fast_style.core.imaging import list_images, load_rgb, pil_to_tensor, resize_long_side
-from fast_style.core.model_io import describe, load_model, read_metadata
+from fast_style.core.model_io import describe, load_model
 from fast_style.core.network import TransformerNet
 from fast_style.core.resources import config_dir
 from fast_style.infer.allocator import tune_malloc
@@ -55,6 +54,9 @@ from fast_style.infer.backends.ort_int8 import (
     Int8Runner,
     calibration_photos,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_stylize import cpu_name
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -93,16 +95,6 @@ Runner = Callable[[torch.Tensor], torch.Tensor]
 MIN_SPEEDUP = 1.1  # int8 is worth a default only where it is clearly faster (on this CPU)
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def _loadavg() -> str:
     try:
         return " ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -123,13 +115,15 @@ def nano_net() -> TransformerNet:
     return net.eval()
 
 
-def load_network(name: str, nano: Path) -> tuple[TransformerNet, str]:
-    """(network, what its weights are) of ``name``."""
+def load_network(name: str, nano: Path) -> tuple[TransformerNet, str, dict]:
+    """(network, what its weights are, its metadata) of ``name``."""
     path = nano if name == "nano" else NETWORKS[name]
     if path.is_file():
-        return load_model(path, "cpu")[0], path.name
+        net, meta = load_model(path, "cpu")
+        return net, path.name, meta
     if name == "nano":
-        return nano_net(), "random (conf/model/nano.yaml; no trained nano file)"
+        net = nano_net()
+        return net, "random (conf/model/nano.yaml; no trained nano file)", describe(net, "x")
     raise SystemExit(f"model file not found: {path}")
 
 
@@ -238,9 +232,10 @@ def verdict(row: dict) -> str:
     return "yes"
 
 
-def file_sizes(net: TransformerNet, meta: dict) -> dict[str, int]:
+def model_files(net: TransformerNet, meta: dict) -> tuple[dict[str, int], TransformerNet]:
     """Bytes of the network as a float16 and an int8 model file with its metadata ``meta``
-    (``fast-style export --dtype``), and of its ``ort-int8`` ONNX model."""
+    (``fast-style export --dtype``) and of its ``ort-int8`` ONNX model; and the network as read
+    back from the int8 file (weight-only int8, ``model_io.INT8``)."""
     import tempfile
 
     from fast_style.core.model_io import save_safetensors
@@ -251,25 +246,15 @@ def file_sizes(net: TransformerNet, meta: dict) -> dict[str, int]:
         for dtype in ("float16", "int8"):
             path = save_safetensors(net, Path(tmp) / f"{dtype}.safetensors", meta, dtype)
             sizes[f"{dtype}_file_bytes"] = path.stat().st_size
-    return sizes
-
-
-def int8_file_net(net: TransformerNet) -> TransformerNet:
-    """``net`` as read back from an int8 model file (weight-only int8, ``model_io.INT8``)."""
-    import tempfile
-
-    from fast_style.core.model_io import save_safetensors
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = save_safetensors(net, Path(tmp) / "m.safetensors", describe(net, "x"), "int8")
-        return load_model(path, "cpu")[0]
+        return sizes, load_model(path, "cpu")[0]  # the int8 file, written last
 
 
 def bench_network(name: str, args: argparse.Namespace, photos: dict) -> dict:
-    net, weights = load_network(name, Path(args.nano))
+    net, weights, meta = load_network(name, Path(args.nano))
     fp32 = OrtRunner(net, args.threads)
     int8, build_s = timed_quantise(net, DEFAULT_RECIPE, args.threads)
-    weight_only = quality(OrtRunner(int8_file_net(net), args.threads), fp32, photos)
+    sizes, int8_file = model_files(net, meta)
+    weight_only = quality(OrtRunner(int8_file, args.threads), fp32, photos)
     runners: dict[str, Runner] = {"onnxruntime": fp32, "ort-int8": int8}
     fused = fused_runner(net, args.threads)
     if fused is not None:
@@ -277,9 +262,7 @@ def bench_network(name: str, args: argparse.Namespace, photos: dict) -> dict:
     speed = interleaved(runners, args.repeats)
     q = quality(int8, fp32, photos)
     row = {"network": name, "weights": weights, "int8_build_s": round(build_s, 1), **q}
-    path = Path(args.nano) if name == "nano" else NETWORKS[name]
-    meta = read_metadata(path) if path.is_file() else describe(net, "x")
-    row.update(file_sizes(net, {k: v for k, v in meta.items() if k != "dtype"}))
+    row.update(sizes)
     row.update({f"int8_file_{k}": v for k, v in weight_only.items()})
     for backend, t in speed.items():
         row[f"{backend}_s"], row[f"{backend}_cpu_s"] = t["median_s"], t["cpu_s"]

@@ -231,9 +231,8 @@ def export_safetensors(
     (weight-only, per output channel: ``model_io.INT8``) quarters its conv weights."""
     from fast_style.core.model_io import describe, save_safetensors
 
-    info = dict(meta) if meta else describe(net, style="unknown")
-    info.pop("dtype", None)
-    return save_safetensors(net, path, info, dtype=dtype)
+    info = meta if meta else describe(net, style="unknown")
+    return save_safetensors(net, path, info, dtype=dtype)  # its "dtype" entry becomes ``dtype``
 
 
 def export(

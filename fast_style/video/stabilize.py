@@ -91,12 +91,12 @@ class FlowStabilizer:
             raise ValueError(f"blend must be in [0, 1), got {blend}")
         if tolerance <= 0 or flow_size < 16:
             raise ValueError("tolerance must be > 0 and flow_size at least 16")
-        self.cv2 = _require_cv2()
+        cv2 = _require_cv2()
         self.fn, self.blend, self.tolerance, self.flow_size = fn, blend, tolerance, flow_size
         self.restore = restore
         if preset not in DIS_PRESETS:
             raise ValueError(f"preset must be one of {', '.join(DIS_PRESETS)}, not {preset!r}")
-        self.dis = self.cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
+        self.dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
         self.prev: _Previous | None = None
 
     def reset(self) -> None:

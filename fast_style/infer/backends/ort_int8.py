@@ -401,10 +401,12 @@ def quantize_int8(
 
 def weight_only_int8(model: Any) -> int:
     """Every ``Conv`` of the ONNX ``model`` whose weight is still a float32 initializer gets it
-    as int8, symmetric per output channel (scale = max |w| / 127), behind a
-    ``DequantizeLinear``: the conv still computes in float32, with weights rounded to 8 bits.
-    In place; returns how many weights were converted."""
+    as int8, symmetric per output channel as in int8 model files (``model_io.int8_per_channel``),
+    behind a ``DequantizeLinear``: the conv still computes in float32, with weights rounded to 8
+    bits. In place; returns how many weights were converted."""
     from onnx import TensorProto, helper, numpy_helper
+
+    from fast_style.core.model_io import int8_per_channel
 
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
@@ -413,21 +415,18 @@ def weight_only_int8(model: Any) -> int:
         w_init = inits.get(node.input[1]) if node.op_type == "Conv" else None
         if w_init is None or w_init.data_type != TensorProto.FLOAT:
             continue
-        w = numpy_helper.to_array(w_init)
-        scale = np.abs(w).reshape(w.shape[0], -1).max(1) / 127.0
-        scale[scale == 0] = 1.0  # an all-zero channel stays zero
-        q = np.clip(np.round(w / scale.reshape(-1, *[1] * (w.ndim - 1))), -127, 127)
+        q, scale = int8_per_channel(torch.from_numpy(numpy_helper.to_array(w_init)))
         name = w_init.name
         graph.initializer.remove(w_init)
         graph.initializer.extend(
             [
-                numpy_helper.from_array(q.astype(np.int8), f"{name}_q"),
-                numpy_helper.from_array(scale.astype(np.float32), f"{name}_s"),
+                numpy_helper.from_array(q.numpy(), f"{name}_q"),
+                numpy_helper.from_array(scale.numpy(), f"{name}_s"),
             ]
         )
         dq = [f"{name}_q", f"{name}_s"]  # no zero point: symmetric (it defaults to 0)
         added.append(helper.make_node("DequantizeLinear", dq, [name], axis=0))
-        count += w.size
+        count += q.numel()
     for i, node in enumerate(added):  # they read initializers only: first is topological
         graph.node.insert(i, node)
     return count

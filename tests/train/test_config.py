@@ -67,6 +67,7 @@ def test_model_widths(group, option, expected):
     ("trainer", "accelerator", "precision", "strategy"),
     [
         ("cpu", "cpu", "32-true", None),
+        ("cpu_bf16", "cpu", "bf16-mixed", None),
         ("gpu", "gpu", "bf16-mixed", None),
         ("ddp", "auto", "auto", "ddp"),
         ("auto", "auto", "auto", None),

@@ -10,7 +10,8 @@ tone. Each round times the network alone (``Stylizer.stylize_tensor`` on the dec
 batches of ``--batch``) and then the whole pipeline, back to back, so that a busy host slows
 both alike; the table gives the medians and the median per-round ratio. Target (issue): end to
 end within 15 % of the network's frame rate. ``--stabilise`` runs the pipeline with
-``stylize.py``'s default frame function for clips (the flow blend) instead of the bare network.
+``stylize.py``'s default frame function for clips (the flow blend) instead of the bare network:
+the blend in its own pipeline stage (``--inline``: on the network's thread, as before).
 Prints Markdown; ``--json`` writes the rows.
 """
 
@@ -23,6 +24,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -38,12 +40,14 @@ from fast_style.video import (
     Frame,
     encoder_settings,
     iter_frames,
+    pipeline,
     probe,
     read_clip,
     stylize_video,
 )
 from fast_style.video.clips import camera_path_clip
 from fast_style.video.io import open_input
+from fast_style.video.pipeline import Staged
 
 FOOTAGE = Path("data/footage/bigbuckbunny_640x360.mp4")
 MODELS = {"full": "starry_night.safetensors", "slim": "starry_night_cpu_demo.safetensors"}
@@ -94,23 +98,39 @@ def network_fps(st: Stylizer, frames: list[Image.Image], batch: int) -> float:
     return len(frames) / seconds
 
 
-def pipeline_fps(
-    st: Stylizer, clip: Path, out: Path, batch: int, codec: str | None, stabilise: bool = False
-) -> tuple[float, float]:
-    """(frames/s end to end, share of the wall time spent inside the frame function): the
-    network alone, or with ``stabilise`` stylize.py's default frame function for clips
-    (``ClipStylizer``: the output blended along the motion, ``fast_style.video.stabilize``)."""
-    inside = [0.0]
-    frame_fn = ClipStylizer(st, ClipOptions()) if stabilise else st.stylize_tensor
+class _Timed:
+    """A frame function with the seconds spent in its network part counted; staged
+    (``head``/``tail``, as ``stylize_video`` runs the flow blend in its own thread) unless
+    ``inline``."""
 
-    def fn(x: torch.Tensor) -> torch.Tensor:
+    def __init__(self, fn: Any, inline: bool) -> None:
+        self.fn, self.seconds = fn, 0.0
+        if isinstance(fn, Staged) and not inline:
+            self.head, self.tail = self._head, fn.tail
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
         t0 = time.perf_counter()
-        y = frame_fn(x)
-        inside[0] += time.perf_counter() - t0
+        y = self.fn.head(x)
+        self.seconds += time.perf_counter() - t0
         return y
 
-    report = stylize_video(clip, out, fn, batch=batch, codec=codec, progress=False)
-    return report.fps, inside[0] / report.seconds
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
+        y = self.fn(x)
+        self.seconds += time.perf_counter() - t0
+        return y
+
+
+def pipeline_fps(
+    st: Stylizer, clip: Path, out: Path, args: argparse.Namespace
+) -> tuple[float, float]:
+    """(frames/s end to end, share of the wall time spent inside the network): the network
+    alone, or with ``--stabilise`` stylize.py's default frame function for clips
+    (``ClipStylizer``: the output blended along the motion, ``fast_style.video.stabilize``)."""
+    frame_fn = ClipStylizer(st, ClipOptions()) if args.stabilise else st.stylize_tensor
+    fn = _Timed(frame_fn, args.inline)
+    report = stylize_video(clip, out, fn, batch=args.batch, codec=args.codec, progress=False)
+    return report.fps, fn.seconds / report.seconds
 
 
 def bench_model(name: str, clip: Path, args: argparse.Namespace, tmp: Path) -> dict:
@@ -125,9 +145,7 @@ def bench_model(name: str, clip: Path, args: argparse.Namespace, tmp: Path) -> d
             if which == "net":
                 nets.append(network_fps(st, frames, args.batch))
             else:
-                fps, share = pipeline_fps(
-                    st, clip, tmp / f"out{ext}", args.batch, args.codec, args.stabilise
-                )
+                fps, share = pipeline_fps(st, clip, tmp / f"out{ext}", args)
                 pipes.append(fps)
                 shares.append(share)
     ratios = [p / n for p, n in zip(pipes, nets, strict=True)]
@@ -154,8 +172,20 @@ def main() -> None:
         help="end to end with stylize.py's default for clips (the flow blend), not the bare "
         "network",
     )
+    p.add_argument(
+        "--inline",
+        action="store_true",
+        help="with --stabilise: the blend on the network's thread, not in its own stage",
+    )
+    p.add_argument(
+        "--tail-threads",
+        type=int,
+        default=None,
+        help="intra-op threads of the blend's stage (default: the network's)",
+    )
     p.add_argument("--json", type=Path, default=Path("outputs/bench_video.json"))
     args = p.parse_args()
+    pipeline.TAIL_THREADS = args.tail_threads
     tune_malloc()  # as the command-line tools do (fast_style.infer.allocator)
     with tempfile.TemporaryDirectory() as d:
         clip, what = bench_clip(Path(d), args.frames)

@@ -74,15 +74,15 @@ def clip_output(dst: Path) -> Path:
 
 
 def _flow_stabilizer(fn: Callable[[torch.Tensor], torch.Tensor], blend: float | None) -> Any:
-    """``fn`` wrapped in ``fast_style.video.stabilize.FlowStabilizer`` (``blend`` None: its
-    default); ``fn`` itself, with a warning, where OpenCV is missing."""
+    """``fast_style.video.stabilize.FlowStabilizer`` over ``fn`` (``blend`` None: its default);
+    None, with a warning, where OpenCV is missing."""
     from fast_style.video.stabilize import FlowStabilizer
 
     try:
         return FlowStabilizer(fn) if blend is None else FlowStabilizer(fn, blend=blend)
     except ImportError as e:  # OpenCV: the constructor says how to install it
         warnings.warn(f"clips are not blended along their motion: {e}", stacklevel=2)
-        return fn
+        return None
 
 
 @dataclass
@@ -116,9 +116,9 @@ class ClipStylizer:
         momentum = CLIP_MOMENTUM if opts.momentum is None else opts.momentum
         if opts.temporal and opts.tile is None and momentum > 0:
             self.temporal = TemporalStylizer(stylizer, momentum, style=opts.style)
-        self.network = self._network
+        self.stabilizer: Any = None
         if opts.temporal and opts.blend != 0:
-            self.network = _flow_stabilizer(self._network, opts.blend)
+            self.stabilizer = _flow_stabilizer(self._network, opts.blend)
         self._mask: tuple[tuple[int, int], torch.Tensor] | None = None
 
     def _mask_at(self, h: int, w: int) -> torch.Tensor | None:
@@ -140,8 +140,19 @@ class ClipStylizer:
         return st.forward(x, o.style)
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.tail(frames, self.head(frames))
+
+    def head(self, frames: torch.Tensor) -> torch.Tensor:
+        """The network's part: (B, 3, H, W) frames in [0, 1] → its raw output, same shape."""
+        return self._network(frames.to(self.stylizer.device, torch.float32))
+
+    def tail(self, frames: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The rest, in frame order (``fast_style.video.pipeline`` runs it in its own thread,
+        beside the next batch's ``head``): the flow blend, strength, colour, mask."""
         x = frames.to(self.stylizer.device, torch.float32)
-        y = self.network(x).to(x.device)
+        y = y.to(x.device)
+        if self.stabilizer is not None:
+            y = self.stabilizer.stabilize(x, y)
         m = self._mask_at(*x.shape[-2:])
         if not self.post.is_identity or m is not None:
             y = self.post.fit(y, x)(y, x, None if m is None else m.expand(x.shape[0], -1, -1, -1))

@@ -274,12 +274,14 @@ def strip_image(
     k = len(inputs)
     w0, h0 = inputs[0].size
     cw = max(1, round(w0 * STRIP_HEIGHT / h0))
-    label = 90
+    label = 110
     grid = Image.new("RGB", (label + k * cw, (len(names) + 1) * STRIP_HEIGHT), "white")
     draw = ImageDraw.Draw(grid)
     cells = [list(inputs)] + [list(outputs[i * k : (i + 1) * k]) for i in range(len(names))]
     for r, (name, row) in enumerate(zip(["input", *names], cells, strict=True)):
-        draw.text((4, r * STRIP_HEIGHT + STRIP_HEIGHT // 2), name, fill="black")
+        # Pillow's built-in font has no Greek letters: "α" would be drawn as an empty box.
+        text = name.replace("α=", "alpha ")
+        draw.text((4, r * STRIP_HEIGHT + STRIP_HEIGHT // 2), text, fill="black")
         for c, img in enumerate(row):
             grid.paste(img.resize((cw, STRIP_HEIGHT)), (label + c * cw, r * STRIP_HEIGHT))
     return grid

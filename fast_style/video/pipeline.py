@@ -1,7 +1,10 @@
 """Stylize a clip, streaming: decode → batch of frames → ``fn`` → encode, sound remuxed.
 
 Three stages overlap: a thread decodes (PyAV), the calling thread runs ``fn`` (the network, which
-releases the GIL), a thread encodes and muxes. Bounded queues between them keep memory flat
+releases the GIL), a thread encodes and muxes. A frame function with a ``head`` and a ``tail``
+(``Staged``: the network, then a sequential step such as the flow blend) gets a fourth stage: the
+tail runs in its own thread on one batch while the head runs on the next, so the blend's
+single-threaded parts no longer leave a core idle. Bounded queues between them keep memory flat
 whatever the clip's length: at most a few batches of frames are alive at once. The output is
 written to a temporary file beside ``dst`` and renamed only when complete
 (``fast_style.core.fileio.atomic_write``): Ctrl-C, a crash or an error never leaves a
@@ -19,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from tqdm.auto import tqdm
@@ -48,7 +51,19 @@ _POLL = 0.1  # seconds a blocked stage waits before checking whether the run was
 _JOIN = 30.0  # seconds to wait for a stage to notice a cancellation
 _END = object()  # end of the stream, through every queue
 QUEUE_BYTES = 256 << 20  # frames buffered per queue, at most (but at least two batches)
+TAIL_THREADS: int | None = None  # intra-op threads of a staged fn's tail (None: the caller's)
 IO_NICE = 10  # nice value of the decode and encode threads (scripts/bench_video.py, docs/video.md)
+
+
+@runtime_checkable
+class Staged(Protocol):
+    """A frame function in two parts: ``fn(x) == tail(x, head(x))``. ``head`` (B, 3, H, W) in
+    [0, 1] → the same shape; ``tail(x, y)`` → the frames as ``fn`` returns them, called once
+    per batch in the clip's order."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+    def head(self, x: torch.Tensor) -> torch.Tensor: ...
+    def tail(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
 
 
 class _CancelledError(Exception):
@@ -96,13 +111,16 @@ def _lower_priority() -> None:
 class _Stage(threading.Thread):
     """A pipeline thread: its exception is kept for the caller, and cancels the run."""
 
-    def __init__(self, name: str, target: Callable[[], None], cancel: threading.Event) -> None:
+    def __init__(
+        self, name: str, target: Callable[[], None], cancel: threading.Event, io: bool = True
+    ) -> None:
         super().__init__(name=name, daemon=True)
-        self._work, self._cancel = target, cancel
+        self._work, self._cancel, self._io = target, cancel, io
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        _lower_priority()
+        if self._io:  # decoding and encoding yield to the compute stages
+            _lower_priority()
         try:
             self._work()
         except _CancelledError:
@@ -183,36 +201,81 @@ class _Progress:
         self._bar.close()
 
 
-def _apply(fn: FrameFn, pending: list) -> list:
-    """Run ``fn`` on the frames among ``pending`` (frames and audio packets, in file order);
-    returns the same items in the same order, frames replaced by their stylized ``_Styled``."""
-    frames = [p for p in pending if isinstance(p, _Decoded)]
-    x = torch.stack([f.x for f in frames])
-    with torch.inference_mode():
-        y = fn(x)
+@dataclass
+class _Batch:
+    """A batch between ``head`` and ``tail``: its frames ``x`` and ``head``'s output ``y``,
+    (B, 3, H, W) each, and ``items``, its frames and the audio packets between them in order."""
+
+    x: torch.Tensor | None  # None: audio packets alone (after the last frame)
+    y: torch.Tensor | None
+    items: list
+
+
+def _check(y: Any, x: torch.Tensor) -> None:
     if not isinstance(y, torch.Tensor) or tuple(y.shape) != tuple(x.shape):
         got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
         raise ValueError(f"the frame function returned {got} for a batch of {tuple(x.shape)}")
-    out = iter(_Styled(y[i], f.pts) for i, f in enumerate(frames))
-    return [next(out) if isinstance(p, _Decoded) else p for p in pending]
+
+
+def _head(fn: Callable[[torch.Tensor], torch.Tensor], pending: list) -> _Batch:
+    """``fn`` (the whole frame function, or a ``Staged`` one's head) on the frames among
+    ``pending`` (frames and audio packets, in file order)."""
+    x = torch.stack([p.x for p in pending if isinstance(p, _Decoded)])
+    with torch.inference_mode():
+        y = fn(x)
+    _check(y, x)
+    return _Batch(x, y, pending)
+
+
+def _finish(batch: _Batch, tail: Callable[..., torch.Tensor] | None) -> list:
+    """The batch's items in order, its frames replaced by their stylized ``_Styled`` (``tail``
+    applied first, where given)."""
+    if batch.x is None or batch.y is None:
+        return batch.items
+    y = batch.y
+    if tail is not None:
+        with torch.inference_mode():
+            y = tail(batch.x, y)
+        _check(y, batch.x)
+    frames = iter(y)
+    return [_Styled(next(frames), p.pts) if isinstance(p, _Decoded) else p for p in batch.items]
 
 
 def _network_stage(fn: FrameFn, inbox: _Channel, outbox: _Channel, batch: int) -> None:
     """The calling thread's part: gather ``batch`` frames (keeping the audio packets between
-    them in order), stylize them, pass everything on."""
+    them in order), stylize them (a ``Staged`` fn: its head, the batch passed on whole to the
+    tail's stage), pass everything on."""
+    head: Callable[[torch.Tensor], torch.Tensor] = fn.head if isinstance(fn, Staged) else fn
+    staged = head is not fn
+
+    def send(pending: list, frames: int) -> None:
+        done = _head(head, pending) if frames else _Batch(None, None, pending)
+        for out in [done] if staged else _finish(done, None):
+            outbox.put(out)
+
     pending: list = []
     n = 0
     while (item := inbox.get()) is not _END:
         pending.append(item)
         n += isinstance(item, _Decoded)
         if n == batch:
-            for out in _apply(fn, pending):
-                outbox.put(out)
+            send(pending, n)
             pending, n = [], 0
-    if n:
-        pending = _apply(fn, pending)
-    for out in pending:
-        outbox.put(out)
+    if pending:
+        send(pending, n)
+    outbox.put(_END)
+
+
+def _tail_stage(
+    tail: Callable[..., torch.Tensor], inbox: _Channel, outbox: _Channel, threads: int
+) -> None:
+    # As many intra-op threads as the network's (a per-thread setting): on two cores the blend
+    # with two threads beside the network's two ran faster end to end than with one
+    # (docs/video.md, Speed).
+    torch.set_num_threads(threads)
+    while (item := inbox.get()) is not _END:
+        for out in _finish(item, tail):
+            outbox.put(out)
     outbox.put(_END)
 
 
@@ -282,26 +345,40 @@ class _Job:
 
 
 def _run(job: _Job, writer: ClipWriter) -> None:
-    """Run the three stages to the end; any failure or Ctrl-C cancels the others and is raised
-    in the calling thread once they have stopped."""
+    """Run the stages to the end; any failure or Ctrl-C cancels the others and is raised in
+    the calling thread once they have stopped."""
     cancel = threading.Event()
     # Bounded: a few batches in flight, so memory stays flat whatever the clip's length.
     decoded = _Channel(_queue_size(job.info, job.batch), cancel)
     styled = _Channel(_queue_size(job.info, job.batch), cancel)
-    reader = _Stage("fs-video-decode", lambda: _read_stage(job, decoded), cancel)
-    encoder = _Stage("fs-video-encode", lambda: _write_stage(writer, styled, job.progress), cancel)
-    reader.start()
-    encoder.start()
+    stages = [
+        _Stage("fs-video-decode", lambda: _read_stage(job, decoded), cancel),
+        _Stage("fs-video-encode", lambda: _write_stage(writer, styled, job.progress), cancel),
+    ]
+    head_out = styled
+    if isinstance(job.fn, Staged):
+        head_out = _Channel(2, cancel)  # batches: one being finished, one waiting
+        tail, threads = job.fn.tail, TAIL_THREADS or torch.get_num_threads()
+        stages.append(
+            _Stage(
+                "fs-video-tail",
+                lambda: _tail_stage(tail, head_out, styled, threads),
+                cancel,
+                io=False,
+            )
+        )
+    for stage in stages:
+        stage.start()
     try:
-        _network_stage(job.fn, decoded, styled, job.batch)
-        encoder.join()
+        _network_stage(job.fn, decoded, head_out, job.batch)
+        stages[1].join()
     except _CancelledError:
         pass
     finally:
-        cancel.set()  # a no-op once both stages have ended; else it stops them
-        for stage in (reader, encoder):
+        cancel.set()  # a no-op once every stage has ended; else it stops them
+        for stage in stages:
             stage.join(_JOIN)
-    for stage in (reader, encoder):
+    for stage in stages:
         if stage.error is not None:
             raise stage.error
 

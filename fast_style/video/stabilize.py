@@ -25,8 +25,10 @@ the local standard deviations (mean over the channels, so colours keep their rel
 
 The flow is computed on a grey copy of the input at most ``flow_size`` pixels on its long side
 (OpenCV's DIS, preset MEDIUM: classical, no weights, about 3 ms for 320×180 on one core) and
-scaled up to the frame; the warps and blends run in PyTorch on the frames'
-device.
+scaled up to the frame; the blends run in PyTorch on the frames' device. On the CPU the two
+costly primitives, the bicubic warp and the 3×3 local means, are OpenCV's (``cv2.remap``,
+``cv2.blur``: several times faster there than ``grid_sample`` and shifted-slice sums, the same
+results to float32 rounding).
 """
 
 from __future__ import annotations
@@ -105,9 +107,14 @@ class FlowStabilizer:
         if callable(reset):
             reset()
 
-    @torch.inference_mode()
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
-        styled = self.fn(frames).to(frames.device, torch.float32)
+        return self.stabilize(frames, self.fn(frames))
+
+    @torch.inference_mode()
+    def stabilize(self, frames: torch.Tensor, styled: torch.Tensor) -> torch.Tensor:
+        """The blend alone: (B, 3, H, W) consecutive input frames and ``fn``'s output for them,
+        both in [0, 1] → the blended output. Calls must follow the clip's frame order."""
+        styled = styled.to(frames.device, torch.float32)
         out = [self._step(x, y) for x, y in zip(frames.split(1), styled.split(1), strict=True)]
         return torch.cat(out)
 
@@ -127,12 +134,8 @@ class FlowStabilizer:
         gray, prev = self._gray(x), self.prev
         if self.blend > 0 and prev is not None and prev.frame.shape == x.shape:
             flow = self.dis.calc(gray, prev.gray, None)  # gray(p) ≈ prev.gray(p + flow(p))
-            grid, inside = flow_grid(flow, x.shape[-2:], x.device)
-            pulled = F.grid_sample(
-                torch.cat([prev.frame, prev.output], 1), grid, mode="bicubic",
-                padding_mode="border", align_corners=True,
-            )  # fmt: skip
-            px, po = pulled.split(3, 1)
+            tx, ty, inside = flow_coords(flow, x.shape[-2:], x.device)
+            px, po = _pull(prev.frame, tx, ty), _pull(prev.output, tx, ty)
             d = _box(((x - px) ** 2).mean(1, keepdim=True), 1)
             c = torch.exp(-d / self.tolerance**2) * inside
             b = y + self.blend * c * (po - y)
@@ -154,11 +157,11 @@ def _pixel_grid(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, tor
     return xs, ys
 
 
-def flow_grid(
+def flow_coords(
     flow: np.ndarray, size: tuple[int, int] | torch.Size, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A flow (h, w, 2) in pixels of an (h, w) frame, scaled to an (H, W) frame → the sampling
-    grid (1, H, W, 2) of ``grid_sample`` (align_corners=True) that pulls p + flow(p), and
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A flow (h, w, 2) in pixels of an (h, w) frame, scaled to an (H, W) frame → the pixel
+    coordinates p + flow(p) that each pixel pulls from, x and y (H, W) float32 each, and
     (1, 1, H, W) float, 1 where that point lies inside the frame, else 0."""
     out_h, out_w = int(size[0]), int(size[1])
     h, w = flow.shape[:2]
@@ -169,8 +172,46 @@ def flow_grid(
     xs, ys = _pixel_grid(out_h, out_w, device)
     tx, ty = xs + f[0, 0], ys + f[0, 1]
     inside = ((tx >= 0) & (tx <= out_w - 1) & (ty >= 0) & (ty <= out_h - 1)).to(f.dtype)
-    grid = torch.stack([tx * 2 / max(out_w - 1, 1) - 1, ty * 2 / max(out_h - 1, 1) - 1], -1)
-    return grid.unsqueeze(0), inside.view(1, 1, out_h, out_w)
+    return tx, ty, inside.view(1, 1, out_h, out_w)
+
+
+def to_grid(tx: torch.Tensor, ty: torch.Tensor) -> torch.Tensor:
+    """Pixel coordinates x, y (H, W) → the grid (1, H, W, 2) of ``grid_sample``
+    (align_corners=True) that pulls them."""
+    h, w = tx.shape
+    return torch.stack([tx * 2 / max(w - 1, 1) - 1, ty * 2 / max(h - 1, 1) - 1], -1)[None]
+
+
+def flow_grid(
+    flow: np.ndarray, size: tuple[int, int] | torch.Size, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``flow_coords`` as the sampling grid (1, H, W, 2) of ``grid_sample`` and the inside
+    mask (1, 1, H, W)."""
+    tx, ty, inside = flow_coords(flow, size, device)
+    return to_grid(tx, ty), inside
+
+
+def _on_cpu(t: torch.Tensor) -> bool:
+    return t.device.type == "cpu" and t.dtype == torch.float32
+
+
+def _pull(img: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor) -> torch.Tensor:
+    """``img`` (1, 3, H, W) sampled bicubically at the pixel coordinates ``tx``, ``ty`` (H, W),
+    borders replicated (outside points take the nearest edge pixel)."""
+    return (_pull_cv2 if _on_cpu(img) else _pull_torch)(img, tx, ty)
+
+
+def _pull_torch(img: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor) -> torch.Tensor:
+    return F.grid_sample(
+        img, to_grid(tx, ty), mode="bicubic", padding_mode="border", align_corners=True
+    )
+
+
+def _pull_cv2(img: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor) -> torch.Tensor:
+    hwc = img[0].permute(1, 2, 0).numpy()
+    cv2 = _require_cv2()
+    out = cv2.remap(hwc, tx.numpy(), ty.numpy(), cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+    return torch.from_numpy(out).permute(2, 0, 1)[None]
 
 
 def _shift_sum(t: torch.Tensor, n: int, length: int, dim: int) -> torch.Tensor:
@@ -182,12 +223,23 @@ def _shift_sum(t: torch.Tensor, n: int, length: int, dim: int) -> torch.Tensor:
 
 
 def _box(x: torch.Tensor, r: int) -> torch.Tensor:
-    """The (2r+1)² local mean of (B, C, H, W), borders replicated: separable sums of shifted
-    slices (several times faster on CPU than ``avg_pool2d``)."""
+    """The (2r+1)² local mean of (B, C, H, W), borders replicated."""
+    return (_box_cv2 if _on_cpu(x) and x.shape[1] <= 512 else _box_torch)(x, r)  # cv2: ≤ 512 ch
+
+
+def _box_torch(x: torch.Tensor, r: int) -> torch.Tensor:
+    """Separable sums of shifted slices (faster than ``avg_pool2d``)."""
     n = 2 * r + 1
     p = F.pad(x, (r, r, r, r), mode="replicate")
     rows = _shift_sum(p, n, x.shape[-1], -1)
     return _shift_sum(rows, n, x.shape[-2], -2) / n**2
+
+
+def _box_cv2(x: torch.Tensor, r: int) -> torch.Tensor:
+    cv2, n = _require_cv2(), 2 * r + 1
+    hwc = [cv2.blur(i.permute(1, 2, 0).numpy(), (n, n), borderType=cv2.BORDER_REPLICATE) for i in x]
+    out = torch.stack([torch.from_numpy(o).reshape(*o.shape[:2], -1) for o in hwc])
+    return out.permute(0, 3, 1, 2)
 
 
 def restore_contrast(
@@ -197,9 +249,11 @@ def restore_contrast(
     − μ), μ the local mean of ``blend``, k = σ_ref / σ_blend in [1, k_max] (local deviations,
     mean over the channels). Clamped to [0, 1]."""
     c = blend.shape[1]
-    means = _box(torch.cat([blend, ref, blend * blend, ref * ref], 1), r)  # one pass
-    mu_b, mu_r, sq_b, sq_r = means.split(c, 1)
-    var_b = (sq_b - mu_b**2).clamp_min(0).mean(1, keepdim=True)
-    var_r = (sq_r - mu_r**2).clamp_min(0).mean(1, keepdim=True)
+    # The channel mean of the local variances, mean_c(box(v²)) − mean_c(box(v)²), takes the
+    # squares' channel mean first (box is linear): 2c + 2 channels in one pass, not 4c.
+    sq = [(v * v).mean(1, keepdim=True) for v in (blend, ref)]
+    mu_b, mu_r, sq_b, sq_r = _box(torch.cat([blend, ref, *sq], 1), r).split([c, c, 1, 1], 1)
+    var_b = (sq_b - (mu_b * mu_b).mean(1, keepdim=True)).clamp_min(0)
+    var_r = (sq_r - (mu_r * mu_r).mean(1, keepdim=True)).clamp_min(0)
     k = ((var_r + 1e-5) / (var_b + 1e-5)).sqrt().clamp(1.0, k_max)  # 1e-5: flat areas stay
     return (mu_b + k * (blend - mu_b)).clamp(0, 1)

@@ -3,6 +3,7 @@ orientation, and its sound bit-exact; the codec follows the extension."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import cv2
@@ -199,3 +200,50 @@ def test_is_video_by_container(mp4_clip, clips, tmp_path):
 
     Image.new("RGB", (8, 8)).save(tmp_path / "still.gif")
     assert not is_video(tmp_path / "still.gif")
+
+
+class Staged:
+    """A two-part frame function whose tail keeps state across batches (a running mean of the
+    frames so far), recording which thread ran each part."""
+
+    def __init__(self) -> None:
+        self.threads: dict[str, set[str]] = {"head": set(), "tail": set()}
+        self.tail_shapes: list[tuple[int, ...]] = []
+        self.total: torch.Tensor | None = None
+        self.count = 0
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        self.threads["head"].add(threading.current_thread().name)
+        return 1 - x
+
+    def tail(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.threads["tail"].add(threading.current_thread().name)
+        self.tail_shapes.append(tuple(x.shape))
+        out = []
+        for frame in y:  # frame order matters: the mean of the frames so far
+            self.total = frame if self.total is None else self.total + frame
+            self.count += 1
+            out.append(self.total / self.count)
+        return torch.stack(out)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tail(x, self.head(x))
+
+
+def test_a_staged_frame_function_runs_its_tail_in_its_own_thread_in_order(mp4_clip, tmp_path):
+    staged, whole = Staged(), Staged()
+    stylize_video(mp4_clip.path, tmp_path / "staged.mp4", staged, batch=8)
+    stylize_video(mp4_clip.path, tmp_path / "whole.mp4", whole.__call__, batch=8)  # unstaged
+    assert staged.threads == {"head": {"MainThread"}, "tail": {"fs-video-tail"}}
+    assert whole.threads == {"head": {"MainThread"}, "tail": {"MainThread"}}
+    assert staged.tail_shapes == [(8, 3, 21, 33), (8, 3, 21, 33), (4, 3, 21, 33)]
+    assert np.abs(frames_of(tmp_path / "staged.mp4") - frames_of(tmp_path / "whole.mp4")).max() == 0
+    assert audio_packets(tmp_path / "staged.mp4") == audio_packets(mp4_clip.path)
+
+
+def test_a_failing_tail_is_reported_and_leaves_no_file(mp4_clip, tmp_path):
+    bad = Staged()
+    bad.tail = lambda x, y: y[:, :1]  # type: ignore[method-assign]
+    with pytest.raises(ValueError, match="returned"):
+        stylize_video(mp4_clip.path, tmp_path / "out.mp4", bad)
+    assert list(tmp_path.iterdir()) == []

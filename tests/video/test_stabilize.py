@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fast_style.video import stabilize as S
 from fast_style.video.clips import render_camera_path
 from fast_style.video.metrics import evaluate_exact
 from fast_style.video.stabilize import FlowStabilizer, flow_grid, restore_contrast
@@ -126,13 +127,43 @@ def test_an_unknown_flow_preset_is_refused():
         FlowStabilizer(torch.sqrt, preset="slow")
 
 
+@pytest.mark.parametrize("channels", [1, 8])
 @pytest.mark.parametrize("r", [1, 2])
-def test_local_means_are_box_filters_with_replicated_borders(r):
-    from fast_style.video.stabilize import _box
-
-    x = torch.rand(1, 3, 20, 30, generator=torch.Generator().manual_seed(4))
+@pytest.mark.parametrize("box", [S._box, S._box_torch, S._box_cv2])
+def test_local_means_are_box_filters_with_replicated_borders(box, r, channels):
+    x = torch.rand(2, channels, 20, 30, generator=torch.Generator().manual_seed(4))
     k = 2 * r + 1
     inner = (..., slice(r, -r), slice(r, -r))
-    torch.testing.assert_close(_box(x, r)[inner], F.avg_pool2d(x, k, 1, r)[inner])
+    torch.testing.assert_close(box(x, r)[inner], F.avg_pool2d(x, k, 1, r)[inner])
     padded = F.pad(x, (r, r, r, r), mode="replicate")
-    torch.testing.assert_close(_box(x, r), F.avg_pool2d(padded, k, 1))
+    torch.testing.assert_close(box(x, r), F.avg_pool2d(padded, k, 1))
+
+
+def _smooth_flow(h: int, w: int, amp: float, seed: int) -> np.ndarray:
+    coarse = torch.randn(1, 2, 3, 4, generator=torch.Generator().manual_seed(seed)) * amp
+    flow = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True)
+    return flow[0].permute(1, 2, 0).contiguous().numpy()
+
+
+def test_the_cpu_warp_is_the_bicubic_grid_sample():
+    img = F.avg_pool2d(
+        torch.rand(1, 3, 40, 60, generator=torch.Generator().manual_seed(5)), 3, 1, 1
+    )
+    tx, ty, _ = S.flow_coords(_smooth_flow(20, 30, 3.0, 6), (40, 60), torch.device("cpu"))
+    fast, ref = S._pull_cv2(img, tx, ty), S._pull_torch(img, tx, ty)
+    assert (fast - ref).abs().max() < 1e-3  # float32 rounding apart, the same
+    shift = np.zeros((40, 60, 2), np.float32)
+    shift[..., 0] = 2.0  # whole pixels: exact, edge replicated
+    tx, ty, _ = S.flow_coords(shift, (40, 60), torch.device("cpu"))
+    torch.testing.assert_close(S._pull_cv2(img, tx, ty)[..., :-2], img[..., 2:])
+    torch.testing.assert_close(
+        S._pull_cv2(img, tx, ty)[..., -2:], img[..., -1:].expand(-1, -1, -1, 2)
+    )
+
+
+def test_the_cpu_primitives_give_the_frames_device_result(pan, monkeypatch):
+    x = _tensor(pan.frames)
+    fast = _run(FlowStabilizer(Flicker()), x)
+    monkeypatch.setattr(S, "_on_cpu", lambda t: False)  # the path CUDA frames take
+    ref = _run(FlowStabilizer(Flicker()), x)
+    assert (fast - ref).abs().mean() < 1e-4 and (fast - ref).abs().max() < 0.01

@@ -121,8 +121,8 @@ def test_the_frame_function_applies_the_photo_options(tiny_model):
     x = torch.rand(2, 3, 24, 32)
     plain = ClipStylizer(st, ClipOptions(temporal=False))(x)
     torch.testing.assert_close(plain, st.forward(x).clamp(0, 1))
-    assert isinstance(ClipStylizer(st, ClipOptions()).network, FlowStabilizer)  # the default
-    assert not isinstance(ClipStylizer(st, ClipOptions(blend=0.0)).network, FlowStabilizer)
+    assert isinstance(ClipStylizer(st, ClipOptions()).stabilizer, FlowStabilizer)  # the default
+    assert ClipStylizer(st, ClipOptions(blend=0.0)).stabilizer is None
     half = ClipStylizer(st, ClipOptions(temporal=False, strength=0.0))(x)
     torch.testing.assert_close(half, x, atol=2e-3, rtol=0)  # strength 0: the frame itself
     black = Image.new("L", (64, 48), 0)  # mask black: the photo everywhere

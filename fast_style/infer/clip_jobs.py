@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -25,6 +25,9 @@ from fast_style.core.imaging import check_mask_size, pil_to_tensor
 from fast_style.infer.postprocess import PostProcess, check_strength, feather_mask
 from fast_style.infer.stylizer import Stylizer
 from fast_style.infer.temporal import TemporalStylizer
+
+if TYPE_CHECKING:  # imported where used: it needs the video extra
+    from fast_style.video.stabilize import FlowStabilizer
 
 # The clips' default momentum of the instance-norm statistics (``TemporalStylizer``): 0, none.
 # On real footage smoothing them lowered the warping error by 1-2 % and raised the style loss by
@@ -73,7 +76,9 @@ def clip_output(dst: Path) -> Path:
     return dst.with_suffix(DEFAULT_VIDEO_EXT)
 
 
-def _flow_stabilizer(fn: Callable[[torch.Tensor], torch.Tensor], blend: float | None) -> Any:
+def _flow_stabilizer(
+    fn: Callable[[torch.Tensor], torch.Tensor], blend: float | None
+) -> FlowStabilizer | None:
     """``fast_style.video.stabilize.FlowStabilizer`` over ``fn`` (``blend`` None: its default);
     None, with a warning, where OpenCV is missing."""
     from fast_style.video.stabilize import FlowStabilizer
@@ -116,7 +121,7 @@ class ClipStylizer:
         momentum = CLIP_MOMENTUM if opts.momentum is None else opts.momentum
         if opts.temporal and opts.tile is None and momentum > 0:
             self.temporal = TemporalStylizer(stylizer, momentum, style=opts.style)
-        self.stabilizer: Any = None
+        self.stabilizer: FlowStabilizer | None = None
         if opts.temporal and opts.blend != 0:
             self.stabilizer = _flow_stabilizer(self._network, opts.blend)
         self._mask: tuple[tuple[int, int], torch.Tensor] | None = None

@@ -135,7 +135,7 @@ class FlowStabilizer:
         if self.blend > 0 and prev is not None and prev.frame.shape == x.shape:
             flow = self.dis.calc(gray, prev.gray, None)  # gray(p) ≈ prev.gray(p + flow(p))
             tx, ty, inside = flow_coords(flow, x.shape[-2:], x.device)
-            px, po = _pull(prev.frame, tx, ty), _pull(prev.output, tx, ty)
+            px, po = _pull([prev.frame, prev.output], tx, ty)
             d = _box(((x - px) ** 2).mean(1, keepdim=True), 1)
             c = torch.exp(-d / self.tolerance**2) * inside
             b = y + self.blend * c * (po - y)
@@ -182,36 +182,34 @@ def to_grid(tx: torch.Tensor, ty: torch.Tensor) -> torch.Tensor:
     return torch.stack([tx * 2 / max(w - 1, 1) - 1, ty * 2 / max(h - 1, 1) - 1], -1)[None]
 
 
-def flow_grid(
-    flow: np.ndarray, size: tuple[int, int] | torch.Size, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``flow_coords`` as the sampling grid (1, H, W, 2) of ``grid_sample`` and the inside
-    mask (1, 1, H, W)."""
-    tx, ty, inside = flow_coords(flow, size, device)
-    return to_grid(tx, ty), inside
-
-
 def _on_cpu(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and t.dtype == torch.float32
 
 
-def _pull(img: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor) -> torch.Tensor:
-    """``img`` (1, 3, H, W) sampled bicubically at the pixel coordinates ``tx``, ``ty`` (H, W),
-    borders replicated (outside points take the nearest edge pixel)."""
-    return (_pull_cv2 if _on_cpu(img) else _pull_torch)(img, tx, ty)
+def _pull(imgs: list[torch.Tensor], tx: torch.Tensor, ty: torch.Tensor) -> list[torch.Tensor]:
+    """Each of ``imgs`` (1, 3, H, W) sampled bicubically at the pixel coordinates ``tx``,
+    ``ty`` (H, W), borders replicated (outside points take the nearest edge pixel)."""
+    return (_pull_cv2 if _on_cpu(imgs[0]) else _pull_torch)(imgs, tx, ty)
 
 
-def _pull_torch(img: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor) -> torch.Tensor:
-    return F.grid_sample(
-        img, to_grid(tx, ty), mode="bicubic", padding_mode="border", align_corners=True
-    )
+def _pull_torch(imgs: list[torch.Tensor], tx: torch.Tensor, ty: torch.Tensor) -> list[torch.Tensor]:
+    """One ``grid_sample`` for all of them (stacked along the channels)."""
+    pulled = F.grid_sample(
+        torch.cat(imgs, 1), to_grid(tx, ty), mode="bicubic", padding_mode="border",
+        align_corners=True,
+    )  # fmt: skip
+    return list(pulled.split([i.shape[1] for i in imgs], 1))
 
 
-def _pull_cv2(img: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor) -> torch.Tensor:
-    hwc = img[0].permute(1, 2, 0).numpy()
-    cv2 = _require_cv2()
-    out = cv2.remap(hwc, tx.numpy(), ty.numpy(), cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
-    return torch.from_numpy(out).permute(2, 0, 1)[None]
+def _pull_cv2(imgs: list[torch.Tensor], tx: torch.Tensor, ty: torch.Tensor) -> list[torch.Tensor]:
+    """One ``cv2.remap`` each (its bicubic mode takes at most 4 channels)."""
+    cv2, mx, my = _require_cv2(), tx.numpy(), ty.numpy()
+    out = []
+    for img in imgs:
+        hwc = img[0].permute(1, 2, 0).numpy()
+        pulled = cv2.remap(hwc, mx, my, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+        out.append(torch.from_numpy(pulled).permute(2, 0, 1)[None])
+    return out
 
 
 def _shift_sum(t: torch.Tensor, n: int, length: int, dim: int) -> torch.Tensor:

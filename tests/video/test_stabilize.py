@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from fast_style.video import stabilize as S
 from fast_style.video.clips import render_camera_path
 from fast_style.video.metrics import evaluate_exact
-from fast_style.video.stabilize import FlowStabilizer, flow_grid, restore_contrast
+from fast_style.video.stabilize import FlowStabilizer, flow_coords, restore_contrast, to_grid
 
 SIZE = (96, 64)
 
@@ -89,6 +89,11 @@ def test_batches_state_reset_and_a_new_size():
     torch.testing.assert_close(four(x[:1, :, :16]), x[:1, :, :16].sqrt())  # a new size restarts
 
 
+def flow_grid(flow: np.ndarray, size: tuple[int, int], device: torch.device):
+    tx, ty, inside = flow_coords(flow, size, device)
+    return to_grid(tx, ty), inside
+
+
 def test_flow_grid_pulls_along_the_flow_scaled_to_the_frame():
     img = torch.rand(1, 3, 16, 24)
     grid, inside = flow_grid(np.zeros((8, 12, 2), np.float32), (16, 24), torch.device("cpu"))
@@ -150,15 +155,15 @@ def test_the_cpu_warp_is_the_bicubic_grid_sample():
         torch.rand(1, 3, 40, 60, generator=torch.Generator().manual_seed(5)), 3, 1, 1
     )
     tx, ty, _ = S.flow_coords(_smooth_flow(20, 30, 3.0, 6), (40, 60), torch.device("cpu"))
-    fast, ref = S._pull_cv2(img, tx, ty), S._pull_torch(img, tx, ty)
-    assert (fast - ref).abs().max() < 1e-3  # float32 rounding apart, the same
+    imgs = [img, img.flip(-1)]  # two images, as the stabiliser pulls (one grid_sample)
+    for fast, ref in zip(S._pull_cv2(imgs, tx, ty), S._pull_torch(imgs, tx, ty), strict=True):
+        assert (fast - ref).abs().max() < 1e-3  # float32 rounding apart, the same
     shift = np.zeros((40, 60, 2), np.float32)
     shift[..., 0] = 2.0  # whole pixels: exact, edge replicated
     tx, ty, _ = S.flow_coords(shift, (40, 60), torch.device("cpu"))
-    torch.testing.assert_close(S._pull_cv2(img, tx, ty)[..., :-2], img[..., 2:])
-    torch.testing.assert_close(
-        S._pull_cv2(img, tx, ty)[..., -2:], img[..., -1:].expand(-1, -1, -1, 2)
-    )
+    (pulled,) = S._pull_cv2([img], tx, ty)
+    torch.testing.assert_close(pulled[..., :-2], img[..., 2:])
+    torch.testing.assert_close(pulled[..., -2:], img[..., -1:].expand(-1, -1, -1, 2))
 
 
 def test_the_cpu_primitives_give_the_frames_device_result(pan, monkeypatch):

@@ -24,7 +24,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -69,8 +69,36 @@ def build_system(overrides: list[str], flags: dict) -> StyleTransferSystem:
     return StyleTransferSystem(validate(cfg))
 
 
+def profile_steps(name: str, step: Callable[[], None], n: int, device: torch.device) -> None:
+    """Print the top operators of ``n`` steps by device time (CPU time on the CPU): what is
+    launch-bound (many short kernels), memory-bound (element-wise, norms) and not bf16."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts, record_shapes=False) as prof:
+        for _ in range(n):
+            step()
+        sync_device(device)
+    print(f"\n## profile: {name}, {n} steps\n", file=sys.stderr)
+    table = prof.key_averages()
+    if device.type != "cuda":
+        text = table.table(sort_by="cpu_time_total", row_limit=30)
+    else:
+        try:  # torch >= 2.4 names it device time
+            text = table.table(sort_by="device_time_total", row_limit=30)
+        except (AttributeError, KeyError, ValueError):
+            text = table.table(sort_by="cuda_time_total", row_limit=30)
+    print(text, file=sys.stderr, flush=True)
+
+
 def time_config(
-    name: str, flags: dict, batch: torch.Tensor, steps: int, warmup: int, overrides: list[str]
+    name: str,
+    flags: dict,
+    batch: torch.Tensor,
+    steps: int,
+    warmup: int,
+    overrides: list[str],
+    profile: int = 0,
 ) -> dict:
     device = batch.device
     system = build_system(overrides, flags).to(device)
@@ -98,6 +126,8 @@ def time_config(
             step()
         sync_device(device)
         times.append((time.perf_counter() - t0) / steps)
+    if profile:
+        profile_steps(name, step, profile, device)
     ms = 1000 * statistics.median(times)
     row = {
         "config": name,
@@ -125,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--photos", default=None, help="folder of photos (default: noise)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--json", default=str(Path("outputs") / "bench_train.json"))
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also profile N steps of each row (torch.profiler) and print the top kernels",
+    )
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=slim")
     return p
 
@@ -138,7 +175,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in args.configs.split(","):
         try:
             rows.append(
-                time_config(name, CONFIGS[name], batch, args.steps, args.warmup, args.overrides)
+                time_config(
+                    name,
+                    CONFIGS[name],
+                    batch,
+                    args.steps,
+                    args.warmup,
+                    args.overrides,
+                    args.profile,
+                )
             )
         except Exception as e:  # one failing row (a compiler error, say) keeps the others
             print(f"{name}: failed: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)

@@ -215,3 +215,30 @@ def network_style_names(settings: TrainSettings) -> list[str]:
 def base_entries(base: Base) -> list[dict[str, Any]]:
     """The base file's style entries, as it stores them (single-style: derived)."""
     return [style_entry(base.meta, n) for n in base.names]
+
+
+@torch.no_grad()
+def select_styles(
+    source: TransformerNet, meta: dict[str, Any], picks: dict[str, str]
+) -> tuple[TransformerNet, dict[str, Any]]:
+    """A multi-style network of some of ``source``'s styles, renamed: ``picks`` maps each new
+    name to the style (row) it copies, in the new row order. The convolutions are copied
+    unchanged and each γ/β row bit for bit, so every kept style stylises exactly as before.
+    The metadata keeps each kept style's entry (its weights and training), renamed, with the
+    name it was trained under as ``selected_from``."""
+    names = style_names(meta)
+    missing = [old for old in picks.values() if old not in names]
+    if missing or not picks:
+        raise ValueError(f"select_styles: no style {missing or 'chosen'} in {names}")
+    rows = [names.index(old) for old in picks.values()]
+    net = TransformerNet.from_config(replace(source.config, num_styles=len(picks)))
+    keys, old = norm_keys(net), source.state_dict()
+    net.load_state_dict(
+        {k: v.reshape(-1, v.shape[-1])[rows] if k in keys else v for k, v in old.items()}
+    )
+    entries = [
+        {**style_entry(meta, old_name), "name": new, "selected_from": old_name}
+        for new, old_name in picks.items()
+    ]
+    out = {**meta, "num_styles": len(picks), "styles": entries, "style": entries[0]["name"]}
+    return net.eval(), out

@@ -325,3 +325,29 @@ def test_adding_a_style_from_the_command_line(
     for key, value in grown.state_dict().items():
         old = base.state_dict()[key]
         assert torch.equal(value[:2] if key in norms else value, old), key
+
+
+def test_select_styles_keeps_the_chosen_rows_bit_for_bit_renamed(tmp_path):
+    from fast_style.train.multi import select_styles
+
+    torch.manual_seed(0)
+    net = TransformerNet(channels=(8, 16, 16), num_residual=1, num_styles=3)
+    for key in norm_keys(net):  # distinct rows, so a wrong row shows
+        p = dict(net.named_parameters())[key]
+        p.data.normal_()
+    entries = [{"name": n, "loss": {"style_weight": w}} for n, w in (("a", 1), ("b", 2), ("c", 3))]
+    meta = describe(net, style="a", width="multi", styles=entries)
+    small, new_meta = select_styles(net, meta, {"wave": "c", "night": "a"})
+    path = save_safetensors(small, tmp_path / "m.safetensors", new_meta)
+    loaded, stored = load_model(path)
+    assert style_names(stored) == ["wave", "night"]
+    assert [e["selected_from"] for e in stored["styles"]] == ["c", "a"]
+    assert stored["styles"][0]["loss"]["style_weight"] == 3
+    x = torch.rand(1, 3, 24, 24)
+    with torch.no_grad():
+        for new_row, old_row in ((0, 2), (1, 0)):
+            want = net.eval()(x, torch.eye(3)[[old_row]])
+            got = loaded(x, torch.eye(2)[[new_row]])
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="no style"):
+        select_styles(net, meta, {"x": "missing"})

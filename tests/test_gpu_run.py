@@ -159,7 +159,7 @@ def test_the_gpu_runs_training_config_composes_and_validates(gpu_run, tmp_path):
     assert len(s.styles) == 16 and s.data.batch_size == 4 and s.trainer["precision"] == "bf16-mixed"
     by_name = {st.name: st for st in s.styles}
     # each painting at its two scales of its own style weight, its painting and metadata kept
-    assert by_name["water_lilies__x0.3"].style_weight == pytest.approx(0.6)
-    assert by_name["starry_night__x1"].style_weight == pytest.approx(2.5)
-    assert by_name["great_wave__x0.45"].title == "The Great Wave off Kanagawa"
+    assert by_name["water_lilies__x0.45"].style_weight == pytest.approx(0.9)
+    assert by_name["starry_night__x1.2"].style_weight == pytest.approx(3.0)
+    assert by_name["great_wave__x1"].title == "The Great Wave off Kanagawa"
     assert s.train.time_budget_min == pytest.approx(4.2)

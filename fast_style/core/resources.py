@@ -20,9 +20,22 @@ MODELS_PACKAGE = "fast_style._checkpoints"
 DEFAULT_PHOTO = "kodim23.jpg"
 
 
+# Where the mapped packages sit in a source checkout (pyproject.toml's package-dir).
+_SOURCE_DIRS = {CONFIG_PACKAGE: "conf", MODELS_PACKAGE: "checkpoints"}
+
+
 def _package_dir(package: str) -> Path:
-    """The folder of an installed package (wheels and editable installs are plain folders)."""
-    return Path(str(importlib.resources.files(package)))
+    """The folder of an installed package (wheels and editable installs are plain folders).
+
+    A checkout that is on ``sys.path`` but not installed (``PYTHONPATH=.``, as on the GPU
+    machine: DEVELOPERS.md) has no mapping: there the folder beside the package is used."""
+    try:
+        return Path(str(importlib.resources.files(package)))
+    except ModuleNotFoundError:
+        source = Path(__file__).resolve().parents[2] / _SOURCE_DIRS.get(package, "")
+        if package in _SOURCE_DIRS and (source / "__init__.py").is_file():
+            return source
+        raise
 
 
 def config_dir() -> Path:

@@ -202,13 +202,18 @@ def _pull_torch(imgs: list[torch.Tensor], tx: torch.Tensor, ty: torch.Tensor) ->
 
 
 def _pull_cv2(imgs: list[torch.Tensor], tx: torch.Tensor, ty: torch.Tensor) -> list[torch.Tensor]:
-    """One ``cv2.remap`` each (its bicubic mode takes at most 4 channels)."""
+    """``cv2.remap`` plane by plane, into NCHW tensors: faster than remapping HWC copies, and
+    what follows runs on contiguous planes (docs/video.md, Speed)."""
     cv2, mx, my = _require_cv2(), tx.numpy(), ty.numpy()
     out = []
     for img in imgs:
-        hwc = img[0].permute(1, 2, 0).numpy()
-        pulled = cv2.remap(hwc, mx, my, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
-        out.append(torch.from_numpy(pulled).permute(2, 0, 1)[None])
+        src = img.contiguous()
+        dst = torch.empty_like(src)
+        planes, pulled = src.numpy(), dst.numpy()
+        for c in range(src.shape[1]):
+            cv2.remap(planes[0, c], mx, my, cv2.INTER_CUBIC, dst=pulled[0, c],
+                      borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+        out.append(dst)
     return out
 
 
@@ -220,9 +225,13 @@ def _shift_sum(t: torch.Tensor, n: int, length: int, dim: int) -> torch.Tensor:
     return out
 
 
-def _box(x: torch.Tensor, r: int) -> torch.Tensor:
-    """The (2r+1)² local mean of (B, C, H, W), borders replicated."""
-    return (_box_cv2 if _on_cpu(x) and x.shape[1] <= 512 else _box_torch)(x, r)  # cv2: ≤ 512 ch
+def _box(x: torch.Tensor | list[torch.Tensor], r: int) -> torch.Tensor:
+    """The (2r+1)² local mean of (B, C, H, W), or of such tensors concatenated along the
+    channels (on the CPU without the copy), borders replicated."""
+    parts = [x] if isinstance(x, torch.Tensor) else x
+    if all(_on_cpu(p) for p in parts):  # plane by plane: any channel count
+        return _box_cv2(parts, r)
+    return _box_torch(torch.cat(parts, 1), r)
 
 
 def _box_torch(x: torch.Tensor, r: int) -> torch.Tensor:
@@ -233,11 +242,21 @@ def _box_torch(x: torch.Tensor, r: int) -> torch.Tensor:
     return _shift_sum(rows, n, x.shape[-2], -2) / n**2
 
 
-def _box_cv2(x: torch.Tensor, r: int) -> torch.Tensor:
+def _box_cv2(parts: list[torch.Tensor], r: int) -> torch.Tensor:
+    # Plane by plane: cv2.blur on contiguous (H, W) planes, written straight into one NCHW
+    # tensor, is about twice as fast as one multi-channel blur of an HWC copy, and what
+    # follows runs on contiguous planes (docs/video.md, Speed).
     cv2, n = _require_cv2(), 2 * r + 1
-    hwc = [cv2.blur(i.permute(1, 2, 0).numpy(), (n, n), borderType=cv2.BORDER_REPLICATE) for i in x]
-    out = torch.stack([torch.from_numpy(o).reshape(*o.shape[:2], -1) for o in hwc])
-    return out.permute(0, 3, 1, 2)
+    b, _, h, w = parts[0].shape
+    out = torch.empty(b, sum(p.shape[1] for p in parts), h, w)
+    dst, k = out.numpy(), 0
+    for part in parts:
+        planes = part.contiguous().numpy()
+        for c in range(part.shape[1]):
+            for i in range(b):
+                cv2.blur(planes[i, c], (n, n), dst=dst[i, k], borderType=cv2.BORDER_REPLICATE)
+            k += 1
+    return out
 
 
 def restore_contrast(
@@ -250,7 +269,7 @@ def restore_contrast(
     # The channel mean of the local variances, mean_c(box(v²)) − mean_c(box(v)²), takes the
     # squares' channel mean first (box is linear): 2c + 2 channels in one pass, not 4c.
     sq = [(v * v).mean(1, keepdim=True) for v in (blend, ref)]
-    mu_b, mu_r, sq_b, sq_r = _box(torch.cat([blend, ref, *sq], 1), r).split([c, c, 1, 1], 1)
+    mu_b, mu_r, sq_b, sq_r = _box([blend, ref, *sq], r).split([c, c, 1, 1], 1)
     var_b = (sq_b - (mu_b * mu_b).mean(1, keepdim=True)).clamp_min(0)
     var_r = (sq_r - (mu_r * mu_r).mean(1, keepdim=True)).clamp_min(0)
     k = ((var_r + 1e-5) / (var_b + 1e-5)).sqrt().clamp(1.0, k_max)  # 1e-5: flat areas stay

@@ -134,7 +134,7 @@ def test_an_unknown_flow_preset_is_refused():
 
 @pytest.mark.parametrize("channels", [1, 8])
 @pytest.mark.parametrize("r", [1, 2])
-@pytest.mark.parametrize("box", [S._box, S._box_torch, S._box_cv2])
+@pytest.mark.parametrize("box", [S._box, S._box_torch, lambda x, r: S._box_cv2([x], r)])
 def test_local_means_are_box_filters_with_replicated_borders(box, r, channels):
     x = torch.rand(2, channels, 20, 30, generator=torch.Generator().manual_seed(4))
     k = 2 * r + 1
@@ -142,6 +142,18 @@ def test_local_means_are_box_filters_with_replicated_borders(box, r, channels):
     torch.testing.assert_close(box(x, r)[inner], F.avg_pool2d(x, k, 1, r)[inner])
     padded = F.pad(x, (r, r, r, r), mode="replicate")
     torch.testing.assert_close(box(x, r), F.avg_pool2d(padded, k, 1))
+
+
+def test_the_local_means_of_several_tensors_are_those_of_their_concatenation():
+    g = torch.Generator().manual_seed(7)
+    parts = [
+        torch.rand(2, 3, 12, 16, generator=g),
+        torch.rand(2, 1, 12, 16, generator=g)[:, :, :, :],
+    ]
+    parts.append(torch.rand(2, 16, 12, 2, generator=g).transpose(1, 3))  # not contiguous
+    whole = S._box_torch(torch.cat(parts, 1), 1)
+    torch.testing.assert_close(S._box(parts, 1), whole)
+    torch.testing.assert_close(S._box_cv2(parts, 1), whole)
 
 
 def _smooth_flow(h: int, w: int, amp: float, seed: int) -> np.ndarray:

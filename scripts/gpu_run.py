@@ -1,7 +1,7 @@
 """The whole GPU plan in one command, each step on a time budget (issue 16; DEVELOPERS.md).
 
     python scripts/gpu_prepare.py                     # here: fills .carry/ and .whl/
-    python scripts/gpu_run.py OUT [--budget-s 550]    # there: everything lands in OUT
+    python scripts/gpu_run.py OUT [--budget-s 560]    # there: everything lands in OUT
     python scripts/gpu_run.py OUT --dry-run           # here: the same steps on the CPU, toy size
 
 A GPU session gets about 15 minutes of one H200, start-up included, and 10 minutes a command,
@@ -286,6 +286,23 @@ def step_judge(run: Run, budget: float) -> dict[str, Any]:
 # --- 3b. the multi-style network against a single-style one (issue 14's quality target) ---------
 
 
+def single_overrides(run: Run, row: str, seen: dict[str, Any], budget: float) -> list[str]:
+    """``train.py``'s overrides for one single-style network of the multi-style run's ``row``
+    (its YAML in OUT/styles), as many steps of the same batch as that run made."""
+    args = [
+        "experiment=smoke" if run.dry else "experiment=gpu_fast",
+        f"styles=[{run.out / 'styles' / (row + '.yaml')}]",  # one: a single-style network
+        f"data.root={run.carry / 'train'}",
+        f"data.val_root={run.carry / 'val'}",
+        f"loss.weights={run.vgg}",
+        f"data.batch_size={seen['batch_size']}",
+        f"trainer.max_steps={seen['steps']}",
+    ]
+    if not run.dry:
+        args.append(f"train.time_budget_min={max(budget - 35, 10) / 60:.3f}")
+    return args
+
+
 def step_single(run: Run, budget: float) -> dict[str, Any]:
     """One single-style network of the first painting, at its picked row's weights, trained
     on as many images as each style of the multi-style run saw (its steps × its batch), and
@@ -296,19 +313,8 @@ def step_single(run: Run, budget: float) -> dict[str, Any]:
         return {"skipped": "no multi-style run to compare with"}
     painting, row = next(iter(picks.items()))
     seen = json.loads(thru.read_text())
-    args = [
-        "train.py",
-        "experiment=smoke" if run.dry else "experiment=gpu_fast",
-        f"styles=[{run.out / 'styles' / (row + '.yaml')}]",  # one: a single-style network
-        f"data.root={run.carry / 'train'}",
-        f"data.val_root={run.carry / 'val'}",
-        f"loss.weights={run.vgg}",
-        f"data.batch_size={seen['batch_size']}",
-        f"trainer.max_steps={seen['steps']}",
-        f"hydra.run.dir={run.out / 'single'}",
-    ]
-    if not run.dry:
-        args.append(f"train.time_budget_min={max(budget - 35, 10) / 60:.3f}")
+    args = ["train.py", *single_overrides(run, row, seen, budget)]
+    args.append(f"hydra.run.dir={run.out / 'single'}")
     proc = run.sh("single", args, 0.75 * budget)
     single = run.out / "single" / f"{row}.safetensors"
     if proc.returncode != 0 or not single.is_file():
@@ -462,10 +468,10 @@ def plan(dry: bool) -> list[Step]:
     return [
         Step("env", 10, 1, step_env),
         Step("multi", 300, 120, step_multi),
-        Step("judge", 60, 20, step_judge),
+        Step("judge", 75, 20, step_judge),
         Step("single", 50, 30, step_single),
         Step("train_speed", 55, 25, step_train_speed),
-        Step("infer_speed", 80, 30, step_infer_speed),
+        Step("infer_speed", 70, 30, step_infer_speed),
     ]
 
 
@@ -494,7 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path, help="output folder (the device tool's $OUT)")
     p.add_argument(
-        "--budget-s", type=float, default=None, help="the whole plan, seconds (550; dry: 1200)"
+        "--budget-s", type=float, default=None, help="the whole plan, seconds (560; dry: 1200)"
     )
     p.add_argument("--carry", type=Path, default=REPO / ".carry", help="gpu_prepare.py's folder")
     p.add_argument("--vgg", default=None, help="VGG16 weights (default: in --carry)")
@@ -507,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out=args.out,
         carry=args.carry,
         dry=args.dry_run,
-        deadline=time.monotonic() + (args.budget_s or (1200.0 if args.dry_run else 550.0)),
+        deadline=time.monotonic() + (args.budget_s or (1200.0 if args.dry_run else 560.0)),
         vgg=args.vgg or str(args.carry / VGG_FILE),
         style_scales=tuple(map(float, args.style_scales.split(","))) if args.style_scales else None,
     )

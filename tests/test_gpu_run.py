@@ -163,3 +163,20 @@ def test_the_gpu_runs_training_config_composes_and_validates(gpu_run, tmp_path):
     assert by_name["starry_night__x1.2"].style_weight == pytest.approx(3.0)
     assert by_name["great_wave__x1"].title == "The Great Wave off Kanagawa"
     assert s.train.time_budget_min == pytest.approx(4.2)
+
+
+def test_the_single_style_comparison_composes_as_one_network(gpu_run, tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from fast_style.core.resources import config_dir
+    from fast_style.train.config import validate
+
+    run = gpu_run.Run(tmp_path, tmp_path / "carry", False, time.monotonic() + 600, "v.pth", None)
+    gpu_run.style_entries(run, ["great_wave"])  # writes OUT/styles/great_wave__x*.yaml
+    seen = {"steps": 1500, "batch_size": 4}
+    args = gpu_run.single_overrides(run, "great_wave__x0.6", seen, 50)
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        s = validate(compose("train", args))
+    assert not s.conditional and [st.name for st in s.styles] == ["great_wave__x0.6"]
+    assert s.styles[0].style_weight == pytest.approx(1.2)
+    assert s.trainer["max_steps"] == 1500 and s.data.batch_size == 4

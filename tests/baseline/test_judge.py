@@ -220,3 +220,18 @@ def test_the_script_wants_one_limit_or_one_per_set(tmp_path, random_vgg_file):
     argv += ["--vgg", str(random_vgg_file)]
     with pytest.raises(SystemExit, match="once per --photos"):
         _script().main([*argv, "--limit", "1", "--limit", "1", "--limit", "1"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_judge_on_cuda_gives_the_cpus_figures(random_vgg_file):
+    """The GPU run (scripts/gpu_run.py) judges on CUDA: float32 without TF32, as on the CPU."""
+    x, y, painting = _image(64, 80, seed=1), _image(64, 80, seed=3), _image(96, 72, seed=5)
+    scores = []
+    for device in ("cpu", "cuda"):
+        vgg = judge.judge_network(random_vgg_file, device)
+        grams = judge.painting_grams(vgg, painting.to(device))
+        scores.append(judge.judge_pair(vgg, x.to(device), y.to(device), grams))
+    cpu, cuda = scores
+    assert cuda.gram_reduction == pytest.approx(cpu.gram_reduction, abs=1e-4)
+    assert cuda.content_kept == pytest.approx(cpu.content_kept, abs=1e-5)

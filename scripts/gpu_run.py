@@ -79,6 +79,7 @@ SCALES: dict[str, tuple[float, ...]] = {
 }
 DEFAULT_SCALES = (0.6, 1.0)
 DRY_STEP_S = 240.0  # seconds each step may take in the dry run
+GRACE_S = 20.0  # seconds a step stopped at its timeout gets to save its checkpoint
 
 
 @dataclass
@@ -97,8 +98,9 @@ class Run:
         return self.deadline - time.monotonic()
 
     def sh(self, name: str, args: Sequence[str], timeout: float) -> subprocess.CompletedProcess:
-        """``python args…`` from the repository root, output into logs/<name>.log; a run
-        past ``timeout`` seconds is killed (its log kept) and reported as rc 124."""
+        """``python args…`` from the repository root, output into logs/<name>.log. A run past
+        ``timeout`` seconds gets SIGTERM (training then saves ``last.ckpt``), is killed
+        ``GRACE_S`` later if still running, and is reported as rc 124 (its log kept)."""
         log = self.out / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "FAST_STYLE_VGG_WEIGHTS": self.vgg}
@@ -106,19 +108,23 @@ class Run:
         with log.open("w") as f:
             f.write(f"$ python {' '.join(args)}\n")
             f.flush()
+            cmd = [sys.executable, *args]
+            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
             try:
-                return subprocess.run(
-                    [sys.executable, *args],
-                    cwd=REPO,
-                    env=env,
-                    stdout=f,
-                    stderr=subprocess.STDOUT,
-                    timeout=max(timeout, 1),
-                    check=False,
-                )
+                return subprocess.CompletedProcess(args, proc.wait(timeout=max(timeout, 1)))
             except subprocess.TimeoutExpired:
-                f.write(f"\n[gpu_run] killed after {timeout:.0f} s\n")
+                proc.terminate()
+                try:
+                    proc.wait(timeout=GRACE_S)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                f.write(f"\n[gpu_run] stopped after {timeout:.0f} s\n")
                 return subprocess.CompletedProcess(args, 124)
+            except BaseException:  # Ctrl-C of the whole run: stop the child too
+                proc.kill()
+                proc.wait()
+                raise
 
     @property
     def device(self) -> str:
@@ -220,11 +226,33 @@ def multi_overrides(run: Run, minutes: float) -> list[str]:
 
 
 def step_multi(run: Run, budget: float) -> dict[str, Any]:
-    overhead = 15 if run.dry else 50  # start-up, photos into GPU memory, Gram targets, export
+    # Start-up, photos into GPU memory, Gram targets, the last validation and the export: a run
+    # killed at its timeout leaves no model, so the margin is generous.
+    overhead = 15 if run.dry else 75
     args = multi_overrides(run, max(budget - overhead, 10) / 60)
     proc = run.sh("multi", ["train.py", *args, f"hydra.run.dir={run.out / 'multi'}"], budget)
     model = run.out / "multi" / "multi.safetensors"
-    return {"rc": proc.returncode, "model": str(model) if model.is_file() else None}
+    rescued = not model.is_file() and rescue(run.out / "multi" / "checkpoints", model)
+    return {
+        "rc": proc.returncode,
+        "model": str(model) if model.is_file() else None,
+        **({"from_checkpoint": True} if rescued else {}),
+    }
+
+
+def rescue(ckpt_dir: Path, model: Path) -> bool:
+    """A run stopped before its export: its ``last.ckpt`` (saved on SIGTERM), else its latest
+    periodic checkpoint, exported as ``model`` (float16). Whether one was found."""
+    from fast_style.core.model_io import load_model, save_safetensors
+
+    found = sorted(ckpt_dir.glob("step_*.ckpt"))
+    last = ckpt_dir / "last.ckpt"
+    ckpt = last if last.is_file() else (found[-1] if found else None)
+    if ckpt is None:
+        return False
+    net, meta = load_model(ckpt)
+    save_safetensors(net, model, {**meta, "exported_from": ckpt.name}, dtype="float16")
+    return True
 
 
 # --- 3. the independent judge, one row per painting ------------------------------------------

@@ -180,3 +180,49 @@ def test_the_single_style_comparison_composes_as_one_network(gpu_run, tmp_path):
     assert not s.conditional and [st.name for st in s.styles] == ["great_wave__x0.6"]
     assert s.styles[0].style_weight == pytest.approx(1.2)
     assert s.trainer["max_steps"] == 1500 and s.data.batch_size == 4
+
+
+def test_a_step_past_its_timeout_is_stopped_gracefully(gpu_run, tmp_path):
+    """SIGTERM first (training saves last.ckpt on it), and the step is reported as rc 124."""
+    run = gpu_run.Run(tmp_path, tmp_path, False, time.monotonic() + 60, "v.pth", None)
+    flag = tmp_path / "terminated"
+    code = (
+        "import signal, sys, time, pathlib\n"
+        f"def bye(*a): pathlib.Path({str(flag)!r}).write_text('yes'); sys.exit(3)\n"
+        "signal.signal(signal.SIGTERM, bye)\n"
+        "print('started', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    script = tmp_path / "slow.py"
+    script.write_text(code)
+    t0 = time.monotonic()
+    proc = run.sh("slow", [str(script)], 3)
+    assert proc.returncode == 124 and time.monotonic() - t0 < 20
+    assert flag.read_text() == "yes"
+    assert "stopped after 3 s" in (tmp_path / "logs" / "slow.log").read_text()
+
+
+def test_a_run_stopped_before_its_export_is_rescued_from_its_checkpoint(
+    gpu_run, carry, random_vgg_file, tmp_path
+):
+    from fast_style.core.model_io import load_model, style_names
+
+    run_dir = tmp_path / "run"
+    args = ["experiment=smoke", "model=multi_slim", "styles=[starry_night,great_wave]"]
+    args += [f"data.root={carry / 'train'}", f"loss.weights={random_vgg_file}"]
+    args += ["trainer.max_steps=3", f"hydra.run.dir={run_dir}"]
+    run = gpu_run.Run(tmp_path, carry, True, time.monotonic() + 300, str(random_vgg_file), None)
+    assert run.sh("train", ["train.py", *args], 240).returncode == 0
+    exported = run_dir / "multi.safetensors"
+    assert not gpu_run.rescue(tmp_path / "none", tmp_path / "x.safetensors")  # no checkpoint
+    assert gpu_run.rescue(run_dir / "checkpoints", tmp_path / "rescued.safetensors")
+    want, _ = load_model(exported)
+    got, meta = load_model(tmp_path / "rescued.safetensors")
+    assert style_names(meta) == ["starry_night", "great_wave"]
+    assert meta["exported_from"] == "last.ckpt"
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        for row in range(2):
+            style = torch.eye(2)[[row]]
+            # the rescue writes float16, the smoke run float32
+            torch.testing.assert_close(got(x, style), want(x, style), atol=5e-3, rtol=0)

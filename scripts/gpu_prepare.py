@@ -74,13 +74,12 @@ def write_vgg(src: Path, dst: Path) -> int:
     return dst.stat().st_size
 
 
-def reencode(src: Path, dst: Path, quality: int) -> int:
-    """``src`` as a JPEG of ``quality`` at ``dst`` (RGB); bytes written."""
+def jpeg(src: Path, quality: int) -> bytes:
+    """``src`` re-encoded as an RGB JPEG of ``quality``."""
     buf = io.BytesIO()
     with Image.open(src) as im:
         im.convert("RGB").save(buf, "JPEG", quality=quality, optimize=True)
-    dst.write_bytes(buf.getvalue())
-    return len(buf.getvalue())
+    return buf.getvalue()
 
 
 def copy_photos(
@@ -91,11 +90,11 @@ def copy_photos(
     dst.mkdir(parents=True, exist_ok=True)
     n = used = 0
     for p in photos:
-        size = reencode(p, dst / f"{p.stem}.jpg", quality)
-        if budget is not None and used + size > budget:
-            (dst / f"{p.stem}.jpg").unlink()
+        data = jpeg(p, quality)
+        if budget is not None and used + len(data) > budget:
             break
-        n, used = n + 1, used + size
+        (dst / f"{p.stem}.jpg").write_bytes(data)
+        n, used = n + 1, used + len(data)
     return n, used
 
 

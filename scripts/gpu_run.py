@@ -45,6 +45,7 @@ import tarfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +92,7 @@ class Run:
     dry: bool
     deadline: float  # time.monotonic() at which the whole plan must have ended
     vgg: str
-    style_scales: tuple[float, ...] | None  # None: SCALES, else DEFAULT_SCALES
+    style_scales: tuple[float, ...] | None  # one pair for all; None: SCALES per painting
     results: dict[str, Any] = field(default_factory=dict)
 
     def left(self) -> float:
@@ -154,10 +155,8 @@ def step_env(run: Run, budget: float) -> dict[str, Any]:
     }
     for name in ("pytorch-lightning", "hydra-core", "torchvision", "safetensors"):
         try:
-            from importlib import metadata
-
             info[name] = metadata.version(name)
-        except Exception:  # absent: the later steps will say what failed
+        except metadata.PackageNotFoundError:  # the later steps will say what failed
             info[name] = None
     try:
         smi = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False)
@@ -449,7 +448,7 @@ def _tar(out: Path, files: Sequence[Path], name: str) -> dict[str, Any]:
     return {"files": len(files), "bytes": size, "too_large": size > RETURN_LIMIT}
 
 
-def step_pack(run: Run, budget: float) -> dict[str, Any]:
+def pack(run: Run) -> dict[str, Any]:
     """OUT as at most six files, since the device tool brings back 8 at most: the kept files,
     ``grids.tar`` and ``results.tar`` (logs, tables, configs, TensorBoard). The training
     checkpoints (optimizer state: too large) are dropped; the exported models are kept."""
@@ -491,7 +490,7 @@ def write_summary(run: Run) -> None:
     (run.out / "summary.md").write_text("\n".join(lines))
 
 
-def plan(dry: bool) -> list[Step]:
+def plan() -> list[Step]:
     """The steps in order of priority with (GPU budget, seconds needed to start them)."""
     return [
         Step("env", 10, 1, step_env),
@@ -545,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         vgg=args.vgg or str(args.carry / VGG_FILE),
         style_scales=tuple(map(float, args.style_scales.split(","))) if args.style_scales else None,
     )
-    steps = plan(args.dry_run)
+    steps = plan()
     if args.only:
         keep = set(args.only.split(","))
         steps = [s for s in steps if s.name in keep]
@@ -553,7 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_plan(run, steps)
     finally:  # also after Ctrl-C: what ran comes back
         write_summary(run)
-        run.results["pack"] = step_pack(run, 0)
+        run.results["pack"] = pack(run)
         (run.out / "results.json").write_text(json.dumps(run.results, indent=1))
     return 0
 

@@ -28,7 +28,7 @@ The flow is computed on a grey copy of the input at most ``flow_size`` pixels on
 scaled up to the frame; the blends run in PyTorch on the frames' device. On the CPU the two
 costly primitives, the bicubic warp and the 3×3 local means, are OpenCV's (``cv2.remap``,
 ``cv2.blur``: several times faster there than ``grid_sample`` and shifted-slice sums, the same
-results to float32 rounding).
+results to float32 rounding), and so are the grey copy's resize and the flow's upsampling.
 """
 
 from __future__ import annotations
@@ -122,8 +122,10 @@ class FlowStabilizer:
         """(1, 3, H, W) in [0, 1] → (h, w) uint8 luma (BT.601, as OpenCV's RGB2GRAY), long side
         at most ``flow_size``."""
         h, w = frame.shape[-2:]
-        luma = (frame * _LUMA.to(frame)).sum(1, keepdim=True)
         s = min(1.0, self.flow_size / max(h, w))
+        if _on_cpu(frame):
+            return _gray_cv2(frame, (int(w * s), int(h * s)))  # F.interpolate's size: floor
+        luma = (frame * _LUMA.to(frame)).sum(1, keepdim=True)
         if s < 1.0:
             luma = F.interpolate(luma, scale_factor=s, mode="area")
         return (luma[0, 0].clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
@@ -136,10 +138,11 @@ class FlowStabilizer:
             flow = self.dis.calc(gray, prev.gray, None)  # gray(p) ≈ prev.gray(p + flow(p))
             tx, ty, inside = flow_coords(flow, x.shape[-2:], x.device)
             px, po = _pull([prev.frame, prev.output], tx, ty)
-            d = _box(((x - px) ** 2).mean(1, keepdim=True), 1)
-            c = torch.exp(-d / self.tolerance**2) * inside
-            b = y + self.blend * c * (po - y)
-            out = restore_contrast(b, y) if self.restore else b.clamp(0, 1)
+            # In place and with lerp: the blend's elementwise steps are most of its time.
+            d = _box(_channel_mean(px.sub_(x).square_()), 1)
+            c = d.mul_(-1.0 / self.tolerance**2).exp_().mul_(inside)
+            b = torch.lerp(y, po, c.mul_(self.blend))  # y + α c (po − y)
+            out = restore_contrast(b, y) if self.restore else b.clamp_(0, 1)
         else:
             out = y
         self.prev = _Previous(gray, x, out)
@@ -165,14 +168,50 @@ def flow_coords(
     (1, 1, H, W) float, 1 where that point lies inside the frame, else 0."""
     out_h, out_w = int(size[0]), int(size[1])
     h, w = flow.shape[:2]
-    f = torch.from_numpy(flow).to(device).permute(2, 0, 1).unsqueeze(0)
-    if (h, w) != (out_h, out_w):
-        f = F.interpolate(f, size=(out_h, out_w), mode="bilinear", align_corners=True)
-        f = f * torch.tensor([out_w / w, out_h / h], device=device).view(1, 2, 1, 1)
     xs, ys = _pixel_grid(out_h, out_w, device)
-    tx, ty = xs + f[0, 0], ys + f[0, 1]
-    inside = ((tx >= 0) & (tx <= out_w - 1) & (ty >= 0) & (ty <= out_h - 1)).to(f.dtype)
-    return tx, ty, inside.view(1, 1, out_h, out_w)
+    if _on_cpu(xs):
+        fx, fy = _upsample_flow_cv2(flow, (out_h, out_w))
+    else:
+        f = torch.from_numpy(flow).to(device).permute(2, 0, 1).unsqueeze(0)
+        if (h, w) != (out_h, out_w):
+            f = F.interpolate(f, size=(out_h, out_w), mode="bilinear", align_corners=True)
+        fx, fy = f[0, 0], f[0, 1]
+    tx, ty = torch.add(xs, fx, alpha=out_w / w), torch.add(ys, fy, alpha=out_h / h)
+    inside = tx.ge(0)
+    inside &= tx.le(out_w - 1)
+    inside &= ty.ge(0)
+    inside &= ty.le(out_h - 1)
+    return tx, ty, inside.view(1, 1, out_h, out_w).to(tx.dtype)
+
+
+def _upsample_flow_cv2(flow: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+    """(h, w, 2) → its x and y planes bilinearly resized to (H, W), corners aligned (as
+    ``F.interpolate(..., align_corners=True)``, to OpenCV's 1/32-pixel interpolation steps),
+    each (H, W) float32; values still in pixels of the (h, w) frame."""
+    cv2, (out_h, out_w), (h, w) = _require_cv2(), size, flow.shape[:2]
+    if (h, w) == (out_h, out_w):
+        return torch.from_numpy(flow[..., 0].copy()), torch.from_numpy(flow[..., 1].copy())
+    # warpAffine with this output → input map is align_corners' bilinear resize: one pass per
+    # plane, several times faster than F.interpolate on the CPU.
+    m = np.array([[(w - 1) / max(out_w - 1, 1), 0, 0], [0, (h - 1) / max(out_h - 1, 1), 0]])
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    return tuple(
+        torch.from_numpy(cv2.warpAffine(np.ascontiguousarray(flow[..., c]), m, (out_w, out_h),
+                                        flags=flags, borderMode=cv2.BORDER_REPLICATE))
+        for c in range(2)
+    )  # fmt: skip
+
+
+def _gray_cv2(frame: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """(1, 3, H, W) float32 in [0, 1] on the CPU → (h, w) uint8 luma, ``size`` = (w, h): each
+    plane area-resized first (the luma is linear), then weighted, rounded and saturated."""
+    cv2, planes = _require_cv2(), frame[0].contiguous().numpy()
+    acc: np.ndarray | None = None
+    for plane, weight in zip(planes, _LUMA.flatten().tolist(), strict=True):
+        resize = size != plane.shape[::-1]
+        small = cv2.resize(plane, size, interpolation=cv2.INTER_AREA) if resize else plane
+        acc = small * weight if acc is None else cv2.scaleAdd(small, weight, acc)
+    return cv2.convertScaleAbs(acc, alpha=255.0)  # round to nearest, saturate to [0, 255]
 
 
 def to_grid(tx: torch.Tensor, ty: torch.Tensor) -> torch.Tensor:
@@ -268,9 +307,20 @@ def restore_contrast(
     c = blend.shape[1]
     # The channel mean of the local variances, mean_c(box(v²)) − mean_c(box(v)²), takes the
     # squares' channel mean first (box is linear): 2c + 2 channels in one pass, not 4c.
-    sq = [(v * v).mean(1, keepdim=True) for v in (blend, ref)]
+    sq = [_channel_mean(v.square()) for v in (blend, ref)]
     mu_b, mu_r, sq_b, sq_r = _box([blend, ref, *sq], r).split([c, c, 1, 1], 1)
-    var_b = (sq_b - (mu_b * mu_b).mean(1, keepdim=True)).clamp_min(0)
-    var_r = (sq_r - (mu_r * mu_r).mean(1, keepdim=True)).clamp_min(0)
-    k = ((var_r + 1e-5) / (var_b + 1e-5)).sqrt().clamp(1.0, k_max)  # 1e-5: flat areas stay
-    return (mu_b + k * (blend - mu_b)).clamp(0, 1)
+    var_b = sq_b.sub_(_channel_mean(mu_b.square())).clamp_min_(0).add_(1e-5)
+    var_r = sq_r.sub_(_channel_mean(mu_r.square())).clamp_min_(0).add_(1e-5)
+    k = var_r.div_(var_b).sqrt_().clamp_(1.0, k_max)  # the 1e-5: flat areas stay
+    return torch.lerp(mu_b, blend, k).clamp_(0, 1)  # μ + k (blend − μ)
+
+
+def _channel_mean(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) → (B, 1, H, W), the mean over the channels; for a few channels the sum of
+    the planes, which on the CPU is about twice as fast as ``mean(1)``. May return ``x``."""
+    if x.shape[1] == 1:
+        return x
+    out = x[:, :1].clone()
+    for i in range(1, x.shape[1]):
+        out += x[:, i : i + 1]
+    return out.div_(x.shape[1])

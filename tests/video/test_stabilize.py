@@ -184,3 +184,48 @@ def test_the_cpu_primitives_give_the_frames_device_result(pan, monkeypatch):
     monkeypatch.setattr(S, "_on_cpu", lambda t: False)  # the path CUDA frames take
     ref = _run(FlowStabilizer(Flicker()), x)
     assert (fast - ref).abs().mean() < 1e-4 and (fast - ref).abs().max() < 0.01
+
+
+def _torch_path(monkeypatch) -> None:
+    monkeypatch.setattr(S, "_on_cpu", lambda t: False)  # the path CUDA frames take
+
+
+@pytest.mark.parametrize("size", [(36, 64), (37, 61), (20, 30)])
+def test_the_cpu_flow_coordinates_are_the_aligned_bilinear_resize(size, monkeypatch):
+    flow = _smooth_flow(18, 32, 4.0, 8)  # upsampled (2×, odd sizes) or, at (20, 30), cropped
+    if size == (20, 30):
+        flow = flow[:20, :30].copy()  # the flow's own size: no resize
+    fast = S.flow_coords(flow, size, torch.device("cpu"))
+    _torch_path(monkeypatch)
+    ref = S.flow_coords(flow, size, torch.device("cpu"))
+    for a, b in zip(fast[:2], ref[:2], strict=True):
+        assert (a - b).abs().max() < 0.01  # OpenCV's 1/32-pixel steps apart
+    assert (fast[2] != ref[2]).float().mean() < 0.01  # inside: only points on the edge flip
+    assert fast[2].min() == 0 and fast[2].max() == 1
+
+
+@pytest.mark.parametrize(
+    ("size", "flow_size", "exact"),
+    [((360, 640), 320, True), ((272, 480), 120, True), ((361, 641), 320, False),
+     ((45, 71), 32, False), ((40, 60), 320, True)],
+)  # fmt: skip
+def test_the_cpu_gray_is_the_torch_gray(size, flow_size, exact, monkeypatch):
+    g = torch.Generator().manual_seed(9)
+    img = F.avg_pool2d(torch.rand(1, 3, *size, generator=g), 9, 1, 4, count_include_pad=False)
+    stab = FlowStabilizer(torch.sqrt, flow_size=flow_size)
+    fast = stab._gray(img)
+    _torch_path(monkeypatch)
+    ref = stab._gray(img)
+    assert fast.dtype == np.uint8 and fast.shape == ref.shape
+    diff = np.abs(fast.astype(int) - ref)
+    if exact:  # whole-number factors (2, 4, 6, 12 for 640, 1280, 1920, 3840 px) or none
+        assert diff.max() <= 1  # rounding
+    else:  # OpenCV's area weights are fractional, PyTorch's bins whole pixels
+        assert diff.mean() < 1.0
+
+
+def test_the_channel_mean_is_mean_over_dim_one():
+    x = torch.rand(2, 3, 5, 7, generator=torch.Generator().manual_seed(10))
+    torch.testing.assert_close(S._channel_mean(x), x.mean(1, keepdim=True))
+    one = x[:, :1]
+    assert S._channel_mean(one) is one
